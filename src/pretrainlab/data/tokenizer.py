@@ -1,0 +1,164 @@
+"""One tokenizer per corpus, carrying every special token the four objectives need.
+
+Trained locally (CJK characters as single tokens, WordPiece for everything else) or loaded
+from a folder / hub id. It has no post-processor: packed blocks carry no [CLS]/[SEP], and the
+``text-generation`` pipeline must not wrap prompts in them either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from pretrainlab.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+PAD, UNK, CLS, SEP, MASK, EOS = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "</s>"
+SOP, EOP, GMASK = "[sop]", "[eop]", "[gMASK]"
+NUM_SENTINELS = 100
+SENTINELS = [f"<extra_id_{i}>" for i in range(NUM_SENTINELS)]
+# Tokens beyond the five BERT ones: T5's sentinels, then GLM's piece markers.
+EXTRA_SPECIAL = [*SENTINELS, SOP, EOP, GMASK]
+SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK, EOS, *EXTRA_SPECIAL]
+
+# Tokens each objective cannot work without (checked when a pretrained tokenizer is loaded).
+REQUIRED_TOKENS: dict[str, tuple[str, ...]] = {
+    "masked": ("mask_token", "pad_token"),
+    "causal": ("eos_token", "pad_token"),
+    "seq2seq": ("eos_token", "pad_token"),
+    "prefix": ("mask_token", "pad_token", "eos_token"),
+}
+
+# CJK ideographs, compatibility ideographs and CJK punctuation / full-width forms: one token each.
+_CJK = r"[\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]"
+_CONTINUATION = "##"
+_SPACE = "▁"  # how Metaspace marks a space inside a token
+
+
+def _pipeline(model: models.Model) -> Tokenizer:
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.NFC()
+    # Metaspace keeps spaces as "▁" so decoding restores the text exactly (no spaces between
+    # Chinese characters, unlike BERT's WordPiece decoder); CJK characters stand alone.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement=_SPACE, prepend_scheme="never", split=True),
+            pre_tokenizers.Split(Regex(_CJK), behavior="isolated"),
+            pre_tokenizers.Punctuation(behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=False),
+        ]
+    )
+    tok.decoder = decoders.Sequence(
+        [
+            decoders.Replace(_CONTINUATION, ""),
+            decoders.Fuse(),
+            decoders.Metaspace(replacement=_SPACE, prepend_scheme="never"),
+        ]
+    )
+    return tok
+
+
+def wrap(tok: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
+    """Give a `tokenizers` object the special-token roles transformers pipelines rely on."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        unk_token=UNK,
+        cls_token=CLS,
+        sep_token=SEP,
+        mask_token=MASK,
+        eos_token=EOS,
+        additional_special_tokens=EXTRA_SPECIAL,
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, min_frequency: int, model_max_length: int
+) -> PreTrainedTokenizerFast:
+    """Train on the train split only, so validation text never shapes the vocabulary."""
+    tok = _pipeline(models.WordPiece(unk_token=UNK, continuing_subword_prefix=_CONTINUATION))
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        # The default (1000) turns most of a Chinese corpus's ~4.7k characters into [UNK].
+        limit_alphabet=100_000,
+        continuing_subword_prefix=_CONTINUATION,
+        show_progress=False,
+    )
+    tok.train_from_iterator(_batches(texts), trainer=trainer)
+    wrapped = wrap(_with_ascii_pieces(tok), model_max_length)
+    if len(wrapped) < vocab_size:
+        log.warning(
+            "tokenizer.vocab_size=%d not reached: the corpus yields %d tokens at min_frequency=%d",
+            vocab_size,
+            len(wrapped),
+            min_frequency,
+        )
+    return wrapped
+
+
+def _with_ascii_pieces(tok: Tokenizer) -> Tokenizer:
+    """Add every printable ASCII character (and the space mark) as a word start and a continuation.
+
+    WordPiece turns a whole word into [UNK] when one piece is missing, so a Chinese corpus
+    with no Latin text would make every English word [UNK]; with these pieces any ASCII word
+    at least spells out. New ids go after the trained ones, which keep their ids.
+    """
+    state = json.loads(tok.to_str())
+    vocab: dict[str, int] = state["model"]["vocab"]
+    for char in [_SPACE, *(chr(c) for c in range(33, 127))]:
+        for piece in (char, _CONTINUATION + char):
+            vocab.setdefault(piece, len(vocab))
+    return Tokenizer.from_str(json.dumps(state))
+
+
+def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def load_pretrained_tokenizer(name: str, objective: str) -> PreTrainedTokenizerBase:
+    """Load a folder or hub id, add the special tokens it lacks, and check the objective's needs.
+
+    A tokenizer without [MASK] cannot serve the masked objective: that is an error, not a
+    silently added token with an untrained embedding.
+    """
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"tokenizer.pretrained={name}: no tokenizer found there ({err.__class__.__name__})"
+        ) from err
+    for role in REQUIRED_TOKENS[objective]:
+        if role == "pad_token" and getattr(tok, role) is None and tok.eos_token is not None:
+            tok.pad_token = tok.eos_token
+        if getattr(tok, role) is None:
+            raise ConfigError(f"tokenizer.pretrained={name}: has no {role} (needed by objective={objective})")
+    missing = [t for t in EXTRA_SPECIAL if t not in tok.get_vocab()]
+    if missing:
+        tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    return tok
+
+
+def build_tokenizer(
+    cfg: Any, objective: str, texts: Iterable[str], model_max_length: int
+) -> PreTrainedTokenizerBase:
+    """Pick training or loading from the ``tokenizer`` config."""
+    if cfg.pretrained:
+        return load_pretrained_tokenizer(cfg.pretrained, objective)
+    return train_tokenizer(texts, cfg.vocab_size, cfg.min_frequency, model_max_length)

@@ -1,0 +1,163 @@
+"""What every objective shares: optimisation, logging, validation, export.
+
+A subclass owns only what makes its objective different: the backbone it builds, its
+collator, and how many tokens a batch trains on. Inheritance stops at one level.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torchmetrics import MeanMetric
+from transformers import (
+    AutoModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    get_cosine_schedule_with_warmup,
+)
+
+from pretrainlab.config import ConfigError
+from pretrainlab.models.backbones import backbone_config, check_family, max_positions_of
+
+log = logging.getLogger(__name__)
+Batch = dict[str, torch.Tensor]
+Collator = Callable[[list[dict[str, Any]]], Batch]
+IGNORE = -100
+
+
+class PretrainingObjective(pl.LightningModule):
+    """Base LightningModule: AdamW (``_partial_`` from Hydra) with warm-up + cosine decay."""
+
+    name: ClassVar[str]
+    # transformers Auto class that loads this objective's pretrained backbones.
+    auto_class: ClassVar[type] = AutoModel
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        warmup_ratio: float = 0.05,
+        **settings: Any,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.optimizer_factory = optimizer
+        self.warmup_ratio = warmup_ratio
+        self.settings = settings
+        self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer"])
+        self.val_loss = MeanMetric()
+
+    # -- what subclasses provide --------------------------------------------------------
+    @classmethod
+    def build_backbone(
+        cls, size: Any, tokenizer: PreTrainedTokenizerBase, block_size: int
+    ) -> PreTrainedModel:
+        """Random init from the shared size, or ``size.pretrained`` for continued pretraining."""
+        if size.pretrained:
+            model = cls.auto_class.from_pretrained(size.pretrained)
+            limit = max_positions_of(model.config)
+            if limit is not None and block_size > limit:
+                raise ConfigError(
+                    f"data.block_size={block_size}: larger than the pretrained model's "
+                    f"maximum positions ({limit})"
+                )
+            if model.get_input_embeddings().num_embeddings < len(tokenizer):
+                model.resize_token_embeddings(len(tokenizer))
+            return model
+        family = check_family(cls.name, size.family)
+        return cls.model_from_config(backbone_config(family, size, tokenizer))
+
+    @classmethod
+    def model_from_config(cls, config: PretrainedConfig) -> PreTrainedModel:
+        return cls.auto_class.from_config(config)
+
+    @classmethod
+    def packed_length(cls, block_size: int, settings: Any) -> int:
+        """Raw tokens per packed block; objectives that shrink their input ask for more."""
+        return block_size
+
+    def build_collator(self) -> Collator:
+        """The objective's collator; its randomness comes from the global torch RNG."""
+        raise NotImplementedError
+
+    def count_tokens(self, batch: Batch) -> int:
+        """Non-padding tokens a batch trains on (what tokens/s and the token budget count)."""
+        if "attention_mask" in batch and batch["attention_mask"].dim() == 2:
+            return int(batch["attention_mask"].sum())
+        return int((batch["input_ids"] != self.tokenizer.pad_token_id).sum())
+
+    def count_targets(self, batch: Batch) -> int:
+        """Positions that carry loss, to weight the validation mean per token, not per batch."""
+        return int((batch["labels"] != IGNORE).sum())
+
+    # -- training -----------------------------------------------------------------------
+    def forward(self, batch: Batch) -> Any:
+        return self.model(**batch)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = self(batch).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        # Logged here rather than by LearningRateMonitor, which refuses to run without a logger.
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.val_loss.update(self(batch).loss, weight=max(self.count_targets(batch), 1))
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/ppl", torch.exp(loss.clamp(max=50)), sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW without weight decay on biases and norms, stepped per optimizer step."""
+        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
+        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- export -------------------------------------------------------------------------
+    def export(self, folder: str | Path) -> None:
+        """``save_pretrained`` of model and tokenizer: loadable by plain transformers pipelines."""
+        folder = Path(folder)
+        self.tokenizer.model_max_length = (
+            max_positions_of(self.model.config) or self.tokenizer.model_max_length
+        )
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+
+class PerBatchSeeded:
+    """Run a collator with its randomness seeded from the batch's own tokens.
+
+    Validation then sees the same masks at every evaluation, in any order and in any worker,
+    so its loss moves only when the model does. The global RNG is restored afterwards.
+    """
+
+    def __init__(self, collate: Collator, seed: int) -> None:
+        self.collate = collate
+        self.seed = seed
+
+    def __call__(self, examples: list[dict[str, Any]]) -> Batch:
+        digest = zlib.crc32(b"".join(np.asarray(e["input_ids"], dtype=np.int64).tobytes() for e in examples))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + digest)
+            return self.collate(examples)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,84 @@
+"""BERT-style masked language modelling.
+
+The masking itself is transformers' ``DataCollatorForLanguageModeling`` (80/10/10 split,
+special tokens never chosen); this module adds whole-word masking on packed blocks, which
+that collator only supports through a tokenizer's offset mapping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, PreTrainedTokenizerBase
+
+from pretrainlab.objectives.base import Batch, Collator, PretrainingObjective
+
+CONTINUATION = "##"
+
+
+@dataclass
+class MaskedLMCollator:
+    """``DataCollatorForLanguageModeling`` fed what packed blocks lack.
+
+    It precomputes the special-token table once (instead of per row), and for whole-word
+    masking builds synthetic offsets from the WordPiece ``##`` marks: a ``##`` piece touches
+    the previous token, every other token starts a new word.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    mask_probability: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    whole_word_mask: bool = False
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.inner = DataCollatorForLanguageModeling(
+            self.tokenizer,
+            mlm=True,
+            mlm_probability=self.mask_probability,
+            mask_replace_prob=self.mask_replace_prob,
+            random_replace_prob=self.random_replace_prob,
+            whole_word_mask=self.whole_word_mask,
+            seed=self.seed,
+        )
+        vocab = len(self.tokenizer)
+        self.special = torch.zeros(vocab, dtype=torch.bool)
+        self.special[self.tokenizer.all_special_ids] = True
+        tokens = self.tokenizer.convert_ids_to_tokens(list(range(vocab)))
+        self.continues = torch.tensor([t.startswith(CONTINUATION) for t in tokens], dtype=torch.bool)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> Batch:
+        batch = self.tokenizer.pad([{"input_ids": e["input_ids"]} for e in examples], return_tensors="pt")
+        ids = batch["input_ids"].clone()  # (B, T)
+        offsets = None
+        if self.whole_word_mask:
+            # Each token spans one character; a ## piece starts where the previous token ended,
+            # any other token one character later, which is how the inner collator finds words.
+            starts = torch.cumsum(2 - self.continues[ids].long(), dim=1)  # (B, T)
+            offsets = torch.stack([starts, starts + 1], dim=-1)  # (B, T, 2)
+        if self.seed is not None and self.inner.generator is None:
+            self.inner.create_rng("pt")
+        inputs, labels = self.inner.torch_mask_tokens(
+            ids, special_tokens_mask=self.special[ids], offset_mapping=offsets
+        )
+        return {"input_ids": inputs, "attention_mask": batch["attention_mask"], "labels": labels}
+
+
+class MaskedLM(PretrainingObjective):
+    """BERT-family encoder trained to recover ``mask_probability`` of the tokens."""
+
+    name: ClassVar[str] = "masked"
+    auto_class: ClassVar[type] = AutoModelForMaskedLM
+
+    def build_collator(self) -> Collator:
+        s = self.settings
+        return MaskedLMCollator(
+            self.tokenizer,
+            mask_probability=s["mask_probability"],
+            mask_replace_prob=s.get("mask_replace_prob", 0.8),
+            random_replace_prob=s.get("random_replace_prob", 0.1),
+            whole_word_mask=s.get("whole_word_mask", False),
+        )

@@ -1,0 +1,361 @@
+"""Tests for the GLM blank-infilling collator (objectives/blank_infilling.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from pretrainlab.objectives.blank_infilling import (
+    IGNORE_INDEX,
+    BlankInfillingCollator,
+    GLMSample,
+    reconstruct_from_batch_row,
+    reconstruct_from_parts,
+)
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "</s>", "[sop]", "[eop]", "[gMASK]"]
+N_WORDS = 200
+
+
+def make_tokenizer(specials: list[str] = SPECIALS) -> PreTrainedTokenizerFast:
+    """Tiny word-level tokenizer: the specials, then t0..t199."""
+    vocab = {tok: i for i, tok in enumerate(specials + [f"t{i}" for i in range(N_WORDS)])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    extra = [t for t in ("[sop]", "[eop]", "[gMASK]") if t in specials]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        mask_token="[MASK]",
+        eos_token="</s>",
+        additional_special_tokens=extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def tok() -> PreTrainedTokenizerFast:
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def ids(tok: PreTrainedTokenizerFast) -> dict[str, int]:
+    names = ("[PAD]", "[MASK]", "[gMASK]", "[sop]", "[eop]")
+    return {n: tok.convert_tokens_to_ids(n) for n in names}
+
+
+def random_block(length: int, generator: torch.Generator) -> list[int]:
+    """Ordinary (non-special) token ids."""
+    first = len(SPECIALS)
+    return torch.randint(first, first + N_WORDS, (length,), generator=generator).tolist()
+
+
+def random_examples(n: int, lo: int, hi: int, seed: int) -> list[dict[str, list[int]]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(lo, hi + 1, (n,), generator=g).tolist()
+    return [{"input_ids": random_block(L, g)} for L in lengths]
+
+
+def real_lengths(batch: dict[str, torch.Tensor]) -> list[int]:
+    """A + B length per row: A length + number of B tokens (labels != -100)."""
+    n_b = (batch["labels"] != IGNORE_INDEX).sum(1)
+    return (batch["part_a_length"] + n_b).tolist()
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"mask_probability": 0.0}, "mask_probability"),
+        ({"mask_probability": 1.0}, "mask_probability"),
+        ({"span_poisson_lambda": 0.0}, "span_poisson_lambda"),
+        ({"mode": "prefix"}, "mode"),
+        ({"gmask_probability": 1.5}, "gmask_probability"),
+        ({"pad_to_multiple_of": 0}, "pad_to_multiple_of"),
+    ],
+)
+def test_invalid_settings_name_the_key(tok, kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        BlankInfillingCollator(tok, **kwargs)
+
+
+@pytest.mark.parametrize("missing", ["[sop]", "[eop]", "[gMASK]"])
+def test_missing_special_token_is_named(missing):
+    tok = make_tokenizer([t for t in SPECIALS if t != missing])
+    with pytest.raises(ValueError, match=f"'{missing}'".replace("[", r"\[").replace("]", r"\]")):
+        BlankInfillingCollator(tok)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("p", [0.15, 0.3])
+def test_covered_fraction_and_span_length(tok, p):
+    """Coverage is unbiased (±0.02 over >= 50k tokens); spans ~ Poisson(λ).
+
+    Zero draws are clamped to 1, so the expected span length is λ + e^-λ
+    (3.05 for λ=3), slightly lowered by spans truncated to fit short
+    sequences; ±0.25 around λ covers both effects.
+    """
+    torch.manual_seed(0)
+    lam = 3.0
+    collator = BlankInfillingCollator(tok, mask_probability=p, span_poisson_lambda=lam)
+    examples = random_examples(600, 64, 128, seed=1)
+    covered = total = 0
+    span_lengths: list[int] = []
+    for ex in examples:
+        sample = collator.corrupt(ex["input_ids"])
+        covered += sum(len(s) for s in sample.spans)
+        total += len(ex["input_ids"])
+        span_lengths += [len(s) for s in sample.spans]
+    assert total >= 50_000
+    assert abs(covered / total - p) < 0.02
+    assert abs(sum(span_lengths) / len(span_lengths) - lam) < 0.25
+
+
+def test_span_lengths_follow_lambda(tok):
+    torch.manual_seed(0)
+    collator = BlankInfillingCollator(tok, mask_probability=0.3, span_poisson_lambda=6.0)
+    lengths = []
+    for ex in random_examples(300, 200, 200, seed=2):
+        lengths += [len(s) for s in collator.corrupt(ex["input_ids"]).spans]
+    assert abs(sum(lengths) / len(lengths) - 6.0) < 0.4
+
+
+def test_spans_do_not_overlap_or_touch(tok, ids):
+    torch.manual_seed(0)
+    collator = BlankInfillingCollator(tok, mask_probability=0.5, span_poisson_lambda=2.0)
+    for ex in random_examples(300, 1, 40, seed=3):
+        sample = collator.corrupt(ex["input_ids"])
+        pos = sample.mask_positions
+        assert all(b - a >= 2 for a, b in zip(pos, pos[1:], strict=False)), "adjacent spans"
+        assert all(len(s) >= 1 for s in sample.spans)
+        unmasked = [t for t in sample.part_a if t != ids["[MASK]"]]
+        assert len(unmasked) >= 1, "at least one token must stay unmasked"
+        assert all(sample.part_a[q] == ids["[MASK]"] for q in pos)
+
+
+def test_spans_cover_all_regions(tok):
+    """Spans land anywhere: the first and the last token are both masked sometimes."""
+    torch.manual_seed(0)
+    collator = BlankInfillingCollator(tok)
+    first = last = 0
+    for ex in random_examples(400, 30, 30, seed=4):
+        s = collator.corrupt(ex["input_ids"])
+        first += s.mask_positions[0] == 0
+        last += s.mask_positions[-1] == len(s.part_a) - 1
+    assert first > 10 and last > 10
+
+
+def test_part_b_order_is_shuffled(tok):
+    torch.manual_seed(0)
+    collator = BlankInfillingCollator(tok, mask_probability=0.3)
+    orders = [collator.corrupt(ex["input_ids"]).order for ex in random_examples(50, 100, 100, 5)]
+    assert any(o != sorted(o) for o in orders)
+    assert all(sorted(o) == list(range(len(o))) for o in orders)
+
+
+# ----------------------------------------------------------------------------- reconstruction
+
+
+@pytest.mark.parametrize("mode", ["blank", "gmask", "mixed"])
+def test_reconstruction_is_exact(tok, mode):
+    """Original text == A with masks replaced by spans, from bookkeeping AND tensors."""
+    torch.manual_seed(0)
+    collator = BlankInfillingCollator(tok, mode=mode, mask_probability=0.3)
+    examples = random_examples(400, 1, 90, seed=6)
+    for start in range(0, len(examples), 16):
+        chunk = examples[start : start + 16]
+        samples = [collator.corrupt(ex["input_ids"]) for ex in chunk]
+        batch = collator.collate_samples(samples)
+        for row, (ex, sample) in enumerate(zip(chunk, samples, strict=True)):
+            assert sample.reconstruct() == ex["input_ids"]
+            rebuilt = reconstruct_from_batch_row(
+                batch["input_ids"][row],
+                batch["labels"][row],
+                batch["position_ids"][row],
+                batch["block_position_ids"][row],
+                int(batch["part_a_length"][row]),
+            )
+            assert rebuilt == ex["input_ids"]
+
+
+def test_reconstruct_from_parts_hand_built():
+    part_a = [10, 4, 13, 4]
+    assert reconstruct_from_parts(part_a, [[11, 12], [14]], [1, 3]) == [10, 11, 12, 13, 14]
+
+
+def test_tensor_input_and_short_sequences(tok, ids):
+    torch.manual_seed(0)
+    collator = BlankInfillingCollator(tok)
+    examples = [{"input_ids": torch.tensor(random_block(n, torch.Generator()))} for n in range(6)]
+    batch = collator(examples)
+    assert batch["input_ids"].shape[0] == 6
+    assert (batch["labels"][0] == IGNORE_INDEX).all()  # empty document: nothing to predict
+    assert (batch["labels"][1] == IGNORE_INDEX).all()  # L=1: keep one token unmasked
+    for row in range(2, 6):  # every longer sequence gets at least one span
+        assert (batch["labels"][row] == ids["[eop]"]).sum() >= 1
+
+
+# ----------------------------------------------------------------------------- batch layout
+
+
+def reference_visibility(a_len: int, n_real: int, width: int) -> torch.Tensor:
+    """Loop-by-loop statement of the GLM visibility rules."""
+    mask = torch.zeros(width, width, dtype=torch.bool)
+    for i in range(width):
+        for j in range(width):
+            if i >= n_real:
+                mask[i, j] = i == j  # pad rows see only themselves
+            elif i < a_len:
+                mask[i, j] = j < a_len  # A rows: all of A
+            else:
+                mask[i, j] = j < a_len or (a_len <= j <= i)  # B rows: A + causal B
+    return mask
+
+
+@pytest.fixture(scope="module")
+def mixed_batch(tok):
+    torch.manual_seed(0)
+    collator = BlankInfillingCollator(tok, mode="mixed", mask_probability=0.3, pad_to_multiple_of=8)
+    return collator(random_examples(12, 5, 40, seed=7))
+
+
+def test_output_keys_shapes_dtypes(mixed_batch):
+    b, t = mixed_batch["input_ids"].shape
+    assert t % 8 == 0
+    assert mixed_batch["attention_mask"].shape == (b, t, t)
+    assert mixed_batch["attention_mask"].dtype == torch.bool
+    for key in ("input_ids", "position_ids", "block_position_ids", "labels"):
+        assert mixed_batch[key].shape == (b, t) and mixed_batch[key].dtype == torch.long
+    assert mixed_batch["part_a_length"].shape == (b,)
+    assert set(mixed_batch) == {
+        "input_ids",
+        "attention_mask",
+        "position_ids",
+        "block_position_ids",
+        "labels",
+        "part_a_length",
+    }
+
+
+def test_attention_visibility(mixed_batch):
+    width = mixed_batch["input_ids"].shape[1]
+    for row, n_real in enumerate(real_lengths(mixed_batch)):
+        a_len = int(mixed_batch["part_a_length"][row])
+        mask = mixed_batch["attention_mask"][row]
+        assert torch.equal(mask, reference_visibility(a_len, n_real, width))
+        assert not mask[:n_real, n_real:].any(), "a real row sees padding"
+        assert mask.any(-1).all(), "a row sees nothing"
+
+
+def test_position_ids_point_at_the_span_mask(mixed_batch, ids):
+    blanks = {ids["[MASK]"], ids["[gMASK]"]}
+    for row, n_real in enumerate(real_lengths(mixed_batch)):
+        a_len = int(mixed_batch["part_a_length"][row])
+        x = mixed_batch["input_ids"][row]
+        pos = mixed_batch["position_ids"][row]
+        block = mixed_batch["block_position_ids"][row]
+        assert pos[:a_len].tolist() == list(range(a_len))
+        assert (block[:a_len] == 0).all() and (block[n_real:] == 0).all()
+        assert (x[n_real:] == ids["[PAD]"]).all()
+        expected_block = 0
+        for i in range(a_len, n_real):
+            assert int(x[pos[i]]) in blanks
+            assert pos[i] < a_len
+            expected_block = 1 if x[i] == ids["[sop]"] else expected_block + 1
+            assert int(block[i]) == expected_block
+            if expected_block > 1:
+                assert pos[i] == pos[i - 1], "a span must keep its mask position"
+
+
+def test_labels_are_aligned(mixed_batch, ids):
+    for row, n_real in enumerate(real_lengths(mixed_batch)):
+        a_len = int(mixed_batch["part_a_length"][row])
+        x = mixed_batch["input_ids"][row]
+        y = mixed_batch["labels"][row]
+        assert (y[:a_len] == IGNORE_INDEX).all() and (y[n_real:] == IGNORE_INDEX).all()
+        for i in range(a_len, n_real):
+            span_continues = i + 1 < n_real and x[i + 1] != ids["[sop]"]
+            expected = x[i + 1] if span_continues else ids["[eop]"]
+            assert int(y[i]) == int(expected)
+        assert (x[a_len:n_real] == ids["[eop]"]).sum() == 0, "[eop] is never an input"
+
+
+# ----------------------------------------------------------------------------- gmask / mixed
+
+
+def test_gmask_is_a_prefix_lm(tok, ids):
+    torch.manual_seed(0)
+    collator = BlankInfillingCollator(tok, mode="gmask")
+    examples = random_examples(40, 2, 60, seed=8)
+    samples = [collator.corrupt(ex["input_ids"]) for ex in examples]
+    batch = collator.collate_samples(samples)
+    width = batch["input_ids"].shape[1]
+    for row, (sample, n_real) in enumerate(zip(samples, real_lengths(batch), strict=True)):
+        a = sample.part_a
+        assert sample.is_gmask and len(sample.spans) == 1
+        assert a.count(ids["[gMASK]"]) == 1 and a[-1] == ids["[gMASK]"]
+        assert ids["[MASK]"] not in a
+        assert len(a) >= 2, "the prefix keeps at least one token"
+        a_len = len(a)
+        prefix_lm = torch.tril(torch.ones(n_real, n_real, dtype=torch.bool))
+        prefix_lm[:, :a_len] = True  # bidirectional prefix, causal suffix
+        mask = batch["attention_mask"][row]
+        assert torch.equal(mask[:n_real, :n_real], prefix_lm)
+        assert torch.equal(mask, reference_visibility(a_len, n_real, width))
+
+
+def test_gmask_span_share_follows_mask_probability(tok):
+    torch.manual_seed(0)
+    collator = BlankInfillingCollator(tok, mode="gmask", mask_probability=0.3)
+    shares = [len(collator.corrupt(list(range(9, 209))).spans[0]) / 200 for _ in range(400)]
+    assert abs(sum(shares) / len(shares) - 0.3) < 0.02
+    assert min(shares) >= 0.15 - 0.01 and max(shares) <= 0.45 + 0.01
+
+
+@pytest.mark.parametrize(("prob", "lo", "hi"), [(0.0, 0, 0), (1.0, 1, 1), (0.5, 0.4, 0.6)])
+def test_mixed_mode_gmask_rate(tok, prob, lo, hi):
+    torch.manual_seed(0)
+    collator = BlankInfillingCollator(tok, mode="mixed", gmask_probability=prob)
+    flags = [collator.corrupt(list(range(9, 49))).is_gmask for _ in range(400)]
+    assert lo <= sum(flags) / len(flags) <= hi
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+def test_global_seed_and_generator_govern_the_rng(tok):
+    examples = random_examples(8, 10, 50, seed=9)
+    collator = BlankInfillingCollator(tok, mode="mixed")
+    torch.manual_seed(123)
+    first = collator(examples)
+    torch.manual_seed(123)
+    second = collator(examples)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    seeded = [
+        BlankInfillingCollator(tok, mode="mixed", generator=torch.Generator().manual_seed(5))(examples)
+        for _ in range(2)
+    ]
+    assert all(torch.equal(seeded[0][k], seeded[1][k]) for k in first)
+
+
+def test_sample_part_b_layout(ids):
+    sample = GLMSample(
+        part_a=[10, 4, 13, 4],
+        spans=[[11, 12], [14]],
+        mask_positions=[1, 3],
+        order=[1, 0],
+        sop_id=ids["[sop]"],
+        eop_id=ids["[eop]"],
+    )
+    inputs, labels, positions, blocks = sample.part_b()
+    sop, eop = ids["[sop]"], ids["[eop]"]
+    assert inputs == [sop, 14, sop, 11, 12]
+    assert labels == [14, eop, 11, 12, eop]
+    assert positions == [3, 3, 1, 1, 1]
+    assert blocks == [1, 2, 1, 2, 3]

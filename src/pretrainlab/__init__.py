@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 __version__ = "0.1.0"
+
+# `${coalesce:a,b}`: the first non-null argument (oc.select treats null as a value). The run
+# folder uses it: `resume=RUN_DIR` continues in RUN_DIR, otherwise a new timestamped folder.
+OmegaConf.register_new_resolver(
+    "coalesce", lambda *values: next((v for v in values if v is not None), None), replace=True
+)
 
 
 def config_dir() -> Path:

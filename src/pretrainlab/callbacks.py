@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -58,3 +60,42 @@ class TokenThroughput(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.tokens = state_dict["tokens"]
         self.train_seconds = state_dict["train_seconds"]
+
+
+class ValidationCurve(pl.Callback):
+    """Validation loss against steps and tokens, in ``curve.csv`` whatever the logger.
+
+    ``pretrainlab-compare`` plots loss against tokens from it, so a sweep can be compared
+    without W&B. Rows are keyed by step: a resumed run rewrites the steps it repeats.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.rows: dict[int, tuple[int, float]] = {}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        fitting = trainer.state.fn == "fit"
+        if trainer.sanity_checking or not (fitting or trainer.global_step == 0):
+            return
+        loss = trainer.callback_metrics.get("val/loss")
+        if loss is None or not trainer.is_global_zero:
+            return
+        tokens = next((c.tokens for c in trainer.callbacks if isinstance(c, TokenThroughput)), 0)
+        self.rows[trainer.global_step] = (tokens, float(loss))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", "tokens_seen", "val_loss"])
+            for step in sorted(self.rows):
+                writer.writerow([step, *self.rows[step]])
+
+    @property
+    def initial_loss(self) -> float | None:
+        """Validation loss before the first step (kept across a resume)."""
+        return self.rows[0][1] if 0 in self.rows else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = dict(state_dict["rows"])

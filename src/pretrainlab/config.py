@@ -92,6 +92,9 @@ class DataConfig:
 @dataclass
 class TokenizerConfig:
     pretrained: str | None = None
+    # Set by tokenizer=pretrained, so a forgotten tokenizer.pretrained is an error, not a
+    # silently trained tokenizer.
+    required: bool = False
     vocab_size: int = 8000
     min_frequency: int = 2
 
@@ -100,6 +103,15 @@ class TokenizerConfig:
 class OptimizerConfig:
     optimizer: Any = MISSING
     warmup_ratio: float = 0.05
+
+
+@dataclass
+class EvaluationConfig:
+    """End-of-run evaluation on held-out validation documents (the same for every objective)."""
+
+    generation: bool = True
+    num_prompts: int = 16
+    prompt_tokens: int = 16
 
 
 @dataclass
@@ -130,6 +142,7 @@ def register_schemas() -> None:
     cs.store(group="tokenizer", name="tokenizer_schema", node=TokenizerConfig)
     cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(group="evaluation", name="evaluation_schema", node=EvaluationConfig)
 
 
 register_schemas()
@@ -177,6 +190,14 @@ def validate(cfg: DictConfig) -> None:
 
     if data.source not in DATA_SOURCES:
         raise ConfigError(f"data.source={data.source}: must be one of {', '.join(DATA_SOURCES)}")
+    # `???` in a group file cannot mark these required: merged over a schema default of None,
+    # OmegaConf keeps the None. So they are checked here.
+    if data.source == "files" and not data.path:
+        raise ConfigError("data.path: required with data=files (a file or folder of documents)")
+    if data.source == "hub" and not data.name:
+        raise ConfigError("data.name: required with data=hub (a data set name or local folder)")
+    if cfg.tokenizer.get("required") and not cfg.tokenizer.pretrained:
+        raise ConfigError("tokenizer.pretrained: required with tokenizer=pretrained (a folder or hub id)")
     if data.source == "files" and not Path(data.path).expanduser().exists():
         raise ConfigError(f"data.path={data.path}: no such file or directory")
     if data.block_size <= 0:

@@ -23,6 +23,20 @@ def _refuse(message: str) -> None:
     sys.exit(2)
 
 
+def first_difference(old: Any, new: Any, path: str = "") -> str | None:
+    """The first key (dotted) whose value differs between two plain configs, else None."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in old or key not in new:
+                return where
+            found = first_difference(old[key], new[key], where)
+            if found is not None:
+                return found
+        return None
+    return None if old == new else f"{path} ({old!r} -> {new!r})"
+
+
 class RunDirGuard(Callback):
     """Refuse to start a run whose folder already holds one: nothing the user had is overwritten.
 
@@ -31,9 +45,32 @@ class RunDirGuard(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("resume") is not None:
+            self._check_resume(config)
+            return
         folder = Path(str(OmegaConf.select(config, "hydra.run.dir")))
         if is_run_dir(folder):
             _refuse(f"hydra.run.dir={folder}: holds an earlier run; choose a new folder")
+
+    @staticmethod
+    def _check_resume(config: DictConfig) -> None:
+        """A resumed run must be the same run: its settings are compared before Hydra
+        overwrites the folder's saved config with the new one."""
+        folder = Path(config.resume)
+        saved = folder / ".hydra" / "config.yaml"
+        if not saved.is_file() or not (folder / "checkpoints" / "last.ckpt").is_file():
+            _refuse(f"resume={folder}: not a run folder with .hydra/config.yaml and checkpoints/last.ckpt")
+        old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+        new = OmegaConf.to_container(config, resolve=False)
+        new.pop("hydra", None)
+        for cfg in (old, new):
+            cfg.pop("resume", None)
+        difference = first_difference(old, new)
+        if difference is not None:
+            _refuse(
+                f"resume={folder}: setting {difference} differs from the interrupted run; "
+                f"repeat its overrides (see {folder / '.hydra' / 'overrides.yaml'})"
+            )
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         folder = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))

@@ -18,18 +18,20 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
 from omegaconf import OmegaConf
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, pipeline
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, pipeline
 
 from pretrainlab import config_dir
 from pretrainlab.data.tokenizer import MASK
-from pretrainlab.objectives.span_corruption import fill_sentinels, sentinel_ids, split_target_by_sentinel
+from pretrainlab.generation.decode import generation_config
+from pretrainlab.objectives.base import PretrainingObjective
 
-OBJECTIVE_MODELS = {
-    "masked": "AutoModelForMaskedLM",
-    "causal": "AutoModelForCausalLM",
-    "seq2seq": "AutoModelForSeq2SeqLM",
-    "prefix": "AutoModel",
+OBJECTIVES = {
+    "masked": "pretrainlab.objectives.masked.MaskedLM",
+    "causal": "pretrainlab.objectives.causal.CausalLM",
+    "seq2seq": "pretrainlab.objectives.seq2seq.Seq2SeqLM",
+    "prefix": "pretrainlab.objectives.prefix.PrefixLM",
 }
 _MASK_RUN = re.compile(rf"(?:{re.escape(MASK)})+")
 _SENTINEL = re.compile(r"<extra_id_\d+>")
@@ -42,14 +44,21 @@ class InferenceError(ValueError):
 @dataclass
 class LoadedRun:
     objective: str
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
+    module: PretrainingObjective
     folder: Path
+
+    @property
+    def model(self) -> PreTrainedModel:
+        return self.module.model
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.module.tokenizer
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
-    """The run's exported model (``hf/``) and which objective trained it (``metrics.json``)."""
-    import transformers
+    """The run's exported model (``hf/``) in its objective's module (named in ``metrics.json``)."""
+    from transformers import AutoTokenizer
 
     import pretrainlab.models.glm  # noqa: F401  (registers the GLM classes with Auto*)
 
@@ -58,10 +67,10 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     if not (run / "hf" / "config.json").exists() or not metrics.exists():
         raise InferenceError(f"{run}: not a finished pretrainlab run (needs hf/ and metrics.json)")
     objective = json.loads(metrics.read_text(encoding="utf-8"))["objective"]
-    auto = getattr(transformers, OBJECTIVE_MODELS[objective])
-    model = auto.from_pretrained(run / "hf").eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(run / "hf")
-    return LoadedRun(objective, model, tokenizer, run)
+    objective_cls: type[PretrainingObjective] = get_class(OBJECTIVES[objective])
+    model = objective_cls.auto_class.from_pretrained(run / "hf").eval()
+    module = objective_cls(model=model, tokenizer=AutoTokenizer.from_pretrained(run / "hf"))
+    return LoadedRun(objective, module, run)
 
 
 def decoding_config(overrides: list[str]) -> dict[str, Any]:
@@ -69,16 +78,6 @@ def decoding_config(overrides: list[str]) -> dict[str, Any]:
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(config_name="generate", overrides=overrides)
     return OmegaConf.to_container(cfg.decoding, resolve=True)
-
-
-def generation_config(decoding: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
-    """A GenerationConfig from a decoding entry; ``name`` is ours, the rest is transformers'."""
-    settings = {k: v for k, v in decoding.items() if k != "name"}
-    config = GenerationConfig(
-        **settings, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
-    )
-    config.validate(strict=True)
-    return config
 
 
 # -- fill ---------------------------------------------------------------------------------
@@ -98,53 +97,22 @@ def fill(run: LoadedRun, text: str, top_k: int = 5, decoding: dict[str, Any] | N
         return [result] if result and isinstance(result[0], dict) else result
     if run.objective == "causal":
         raise InferenceError("objective=causal: has no blanks to fill; use pretrainlab-generate")
-    config = generation_config(decoding or decoding_config([]), run.tokenizer)
-    if run.objective == "seq2seq":
-        return _fill_seq2seq(run, text, config)
-    return _fill_prefix(run, text, config)
-
-
-def _fill_seq2seq(run: LoadedRun, text: str, config: GenerationConfig) -> list[dict[str, Any]]:
     tok = run.tokenizer
-    counter = iter(range(10_000))
-    text = _MASK_RUN.sub(lambda _: f"<extra_id_{next(counter)}>", text)
+    # A run of [MASK]s (or a sentinel) is one blank of unknown length: one [MASK] each.
+    text = _MASK_RUN.sub(MASK, _SENTINEL.sub(MASK, text))
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    sentinels = sentinel_ids(tok, 100)
-    used = [s for s in sentinels if s in ids]
-    if not used:
+    if tok.mask_token_id not in ids:
         raise InferenceError(f"text: contains no {MASK} or <extra_id_N> to fill")
-    inputs = torch.tensor([ids + [tok.eos_token_id]])
-    with torch.no_grad():
-        out = run.model.generate(inputs, attention_mask=torch.ones_like(inputs), generation_config=config)
-    spans = split_target_by_sentinel(out[0].tolist(), sentinels, tok.eos_token_id)
-    filled = fill_sentinels(ids, spans, sentinels, tok.eos_token_id, tok.pad_token_id, keep_unfilled=True)
-    return [
-        _span_entry(tok, i, spans.get(sentinels.index(s), []), filled, tok.convert_ids_to_tokens(s))
-        for i, s in enumerate(used)
-    ]
-
-
-def _fill_prefix(run: LoadedRun, text: str, config: GenerationConfig) -> list[dict[str, Any]]:
-    from pretrainlab.models.glm import fill_blanks
-    from pretrainlab.objectives.blank_infilling import reconstruct_from_parts
-
-    tok = run.tokenizer
-    text = _MASK_RUN.sub(MASK, _SENTINEL.sub(MASK, text))  # GLM: one [MASK] per blank, any length
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    positions = [i for i, t in enumerate(ids) if t == tok.mask_token_id]
-    if not positions:
-        raise InferenceError(f"text: contains no {MASK} to fill")
-    spans = fill_blanks(run.model, tok, ids, generation_config=config)
-    filled = reconstruct_from_parts(ids, spans, positions)
-    return [_span_entry(tok, i, span, filled, MASK) for i, span in enumerate(spans)]
+    config = generation_config(decoding or decoding_config([]), tok)
+    spans, filled = run.module.fill_spans(ids, config)
+    return [_span_entry(tok, i, span, filled) for i, span in enumerate(spans)]
 
 
 def _span_entry(
-    tok: PreTrainedTokenizerBase, index: int, span: list[int], filled: list[int], blank: str
+    tok: PreTrainedTokenizerBase, index: int, span: list[int], filled: list[int]
 ) -> dict[str, Any]:
     return {
         "blank": index,
-        "marker": blank,
         "tokens": tok.convert_ids_to_tokens(span),
         "token_str": tok.decode(span, skip_special_tokens=True),
         "sequence": tok.decode(filled, skip_special_tokens=True),
@@ -155,36 +123,14 @@ def _span_entry(
 def generate(
     run: LoadedRun, prompt: str, decoding: dict[str, Any], num_return_sequences: int = 1
 ) -> list[str]:
-    """Continue ``prompt``: causal decodes after it, seq2seq fills one sentinel placed after it
-    (T5's way to continue text), prefix decodes a [gMASK] piece after it (GLM's prefix LM)."""
+    """Continue ``prompt`` the objective's way: causal after it, seq2seq behind a sentinel
+    placed after it (T5), prefix in a [gMASK] piece after it (GLM's prefix LM)."""
+    if not run.module.generative:
+        raise InferenceError(f"objective={run.objective}: cannot continue text; use pretrainlab-fill")
     tok = run.tokenizer
-    config = generation_config(decoding, tok)
-    config.num_return_sequences = num_return_sequences
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    if run.objective == "masked":
-        raise InferenceError("objective=masked: cannot continue text; use pretrainlab-fill")
-    if run.objective == "prefix":
-        from pretrainlab.models.glm import continue_prefix
-
-        return [
-            prompt + tok.decode(continue_prefix(run.model, tok, ids, generation_config=config))
-            for _ in range(num_return_sequences)
-        ]
-    if run.objective == "seq2seq":
-        sentinel = sentinel_ids(tok, 1)[0]
-        inputs = torch.tensor([ids + [sentinel, tok.eos_token_id]])
-    else:
-        inputs = torch.tensor([ids or [tok.eos_token_id]])
-    with torch.no_grad():
-        out = run.model.generate(inputs, attention_mask=torch.ones_like(inputs), generation_config=config)
-    texts = []
-    for row in out.tolist():
-        if run.objective == "seq2seq":
-            span = split_target_by_sentinel(row, sentinel_ids(tok, 100), tok.eos_token_id).get(0, [])
-            texts.append(prompt + tok.decode(span, skip_special_tokens=True))
-        else:
-            texts.append(prompt + tok.decode(row[len(ids) :], skip_special_tokens=True))
-    return texts
+    outs = run.module.continue_ids(ids, generation_config(decoding, tok), num_return_sequences)
+    return [prompt + tok.decode(out, skip_special_tokens=True) for out in outs]
 
 
 # -- command line -------------------------------------------------------------------------
@@ -232,7 +178,7 @@ def fill_main(argv: list[str] | None = None) -> None:
                 for c in answer:
                     print(f"  {c['score']:.4f}  {c['token_str']}  {c['sequence']}")
             else:
-                print(f"{answer['marker']} {i}: {answer['token_str']}")
+                print(f"blank {i}: {answer['token_str']}")
                 print(f"  {answer['sequence']}")
 
     _run_cli(main)

@@ -1,4 +1,4 @@
-"""``pretrainlab-train``: the Hydra entry point. Build -> fit -> validate best -> export.
+"""``pretrainlab-train``: the Hydra entry point. Validate -> data -> objective -> fit -> evaluate -> export.
 
 Returns the final validation loss, so a Hydra sweeper can optimise it.
 """
@@ -11,21 +11,27 @@ import math
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pretrainlab import config_dir
-from pretrainlab.callbacks import TokenThroughput
+from pretrainlab.callbacks import TokenThroughput, ValidationCurve
 from pretrainlab.config import ConfigError, validate
 from pretrainlab.data.datamodule import PretrainDataModule
-from pretrainlab.objectives.base import PerBatchSeeded, PretrainingObjective, count_parameters
-from pretrainlab.utils import print_config_tree, write_json_atomic
+from pretrainlab.data.sampling import SeededCollator
+from pretrainlab.evaluation.generation import evaluate_generation
+from pretrainlab.generation.decode import generation_config
+from pretrainlab.objectives.base import PretrainingObjective, count_parameters
+from pretrainlab.utils import print_config_tree, write_json_atomic, write_jsonl
 
 log = logging.getLogger(__name__)
 # The tokenizer runs before DataLoader workers fork; its thread pool must not be inherited.
@@ -55,8 +61,7 @@ def build_objective(cfg: DictConfig, datamodule: PretrainDataModule) -> Pretrain
         warmup_ratio=cfg.optimizer.warmup_ratio,
         _recursive_=False,
     )
-    datamodule.collate_fn = module.build_collator()
-    datamodule.val_collate_fn = PerBatchSeeded(module.build_collator(), cfg.seed)
+    datamodule.collate_fn = SeededCollator(module.build_collator(), cfg.seed)
     return module
 
 
@@ -68,10 +73,61 @@ def trainer_settings(cfg: DictConfig, tokens_per_step: int) -> dict[str, Any]:
         settings["max_steps"] = max(1, math.ceil(max_tokens / tokens_per_step))
     # Validation counts optimizer steps across epochs, however short an epoch is.
     settings.update(max_epochs=-1, check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    # Our sampler shards every batch across ranks itself (data/sampling.py).
+    settings["use_distributed_sampler"] = False
     # no_grad instead of inference_mode: the validation MeanMetric's state, first created inside
     # `validate` before fit, must stay updatable by the validations during fit.
     settings["inference_mode"] = False
     return settings
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    """The configured loggers; a W&B run is named after the job and grouped by its sweep."""
+    loggers = []
+    for name, logger_cfg in cfg.logger.items():
+        extra = wandb_identity(cfg) if name == "wandb" else {}
+        loggers.append(
+            instantiate(logger_cfg, **{k: v for k, v in extra.items() if logger_cfg.get(k) is None})
+        )
+    return loggers
+
+
+def wandb_identity(cfg: DictConfig) -> dict[str, Any]:
+    """group = the sweep (its experiment, else its folder), name = the job's overrides.
+
+    W&B dashboards then group the jobs of one sweep and tell them apart by what was swept.
+    """
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    overrides = ",".join(o for o in hc.overrides.task if not o.startswith(("hydra.", "experiment=")))
+    experiment = hc.runtime.choices.get("experiment")
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = experiment or (Path(hc.sweep.dir).as_posix() if multirun else None)
+    return {"group": group, "name": overrides or cfg.objective.name}
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """``resume=RUN_DIR``: its last.ckpt (the run folder guard already checked it exists)."""
+    if cfg.get("resume") is None:
+        return None
+    ckpt = Path(cfg.resume) / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise ConfigError(f"resume={cfg.resume}: no checkpoints/last.ckpt to resume from")
+    return str(ckpt)
+
+
+def _checkpoint_step(ckpt: str) -> int:
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+
+
+def _world(cfg: DictConfig) -> int:
+    devices = cfg.trainer.devices
+    return devices if isinstance(devices, int) and devices > 0 else 1
+
+
+def _float(value: torch.Tensor | float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -88,76 +144,123 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_objective(cfg, datamodule)
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    loggers = [instantiate(c) for c in cfg.logger.values()]
+    loggers = build_loggers(cfg)
     tokens_per_step = (
         cfg.data.batch_size * cfg.data.block_size * cfg.trainer.accumulate_grad_batches * _world(cfg)
     )
-    trainer = pl.Trainer(
-        **trainer_settings(cfg, tokens_per_step),
-        callbacks=callbacks,
-        logger=loggers or False,
-        default_root_dir=str(out),
-    )
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    settings = trainer_settings(cfg, tokens_per_step)
+    trainer = pl.Trainer(**settings, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
     for logger in loggers:
-        logger.log_hyperparams(resolved)
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    initial = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-    trainer.fit(module, datamodule=datamodule)
+    resume_from = resume_checkpoint(cfg)
+    batches_per_step = cfg.trainer.accumulate_grad_batches
+    datamodule.plan_stream(
+        cfg.seed,
+        total_batches=settings["max_steps"] * batches_per_step,
+        start_batch=_checkpoint_step(resume_from) * batches_per_step if resume_from else 0,
+    )
+    if resume_from is None:  # a resumed run has its initial validation in its restored curve
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     last_train_loss = _float(trainer.callback_metrics.get("train/loss"))  # validate() resets these
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     final = trainer.validate(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
 
-    if trainer.is_global_zero:
-        module.export(out / "hf")
     throughput = next(c for c in callbacks if isinstance(c, TokenThroughput))
-    metrics = {
+    curve = next(c for c in callbacks if isinstance(c, ValidationCurve))
+    metrics: dict[str, Any] = {
+        "status": "ok",
         "objective": objective_cls.name,
         "val/loss": final["val/loss"],
         "val/ppl": final["val/ppl"],
-        "val/loss_initial": initial["val/loss"],
+        "val/loss_initial": curve.initial_loss,
         "train/loss": last_train_loss,
         "train/tokens_per_s": throughput.tokens_per_second,
         "tokens_seen": throughput.tokens,
         "steps": trainer.global_step,
         "params": count_parameters(module.model),
-        "wall_time_s": time.perf_counter() - started,
-        "best_checkpoint": best,
-        "data_cache_hit": datamodule.cache_hit,
     }
     if trainer.is_global_zero:
+        metrics.update(evaluate(cfg, module, datamodule, loggers, out))
+        module.export(out / "hf")
+        metrics.update(
+            wall_time_s=time.perf_counter() - started,
+            best_checkpoint=best,
+            data_cache_hit=datamodule.cache_hit,
+        )
         write_json_atomic(out / "metrics.json", metrics)
     return metrics
 
 
-def _world(cfg: DictConfig) -> int:
-    devices = cfg.trainer.devices
-    return devices if isinstance(devices, int) and devices > 0 else 1
+def evaluate(
+    cfg: DictConfig,
+    module: PretrainingObjective,
+    datamodule: PretrainDataModule,
+    loggers: list[Any],
+    out: Path,
+) -> dict[str, Any]:
+    """End-of-run evaluation; each metric also goes to the loggers, samples to samples.jsonl."""
+    ev = cfg.evaluation
+    if not (ev.generation and module.generative):
+        return {"decoding": None}
+    module.eval()
+    prompts = [
+        doc[: ev.prompt_tokens] for doc in datamodule.heldout_documents(ev.num_prompts, ev.prompt_tokens + 1)
+    ]
+    decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
+    metrics, samples = evaluate_generation(
+        module, prompts, generation_config(decoding, module.tokenizer), decoding["name"]
+    )
+    write_jsonl(out / "samples.jsonl", samples)
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, float | int)}
+    for logger in loggers:
+        logger.log_metrics(numeric, step=module.global_step)
+        if hasattr(logger, "log_table"):
+            columns = list(samples[0]) if samples else []
+            logger.log_table(key="samples", columns=columns, data=[list(s.values()) for s in samples])
+    return metrics
 
 
-def _float(value: torch.Tensor | float | None) -> float | None:
-    return None if value is None else float(value)
+def _record_failure(cfg: DictConfig, err: BaseException) -> None:
+    """Leave the error in the run folder, so a sweep's report shows the job as failed."""
+    try:
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "error.log").write_text("".join(traceback.format_exception(err)), encoding="utf-8")
+        first_line = (str(err).splitlines() or [""])[0]
+        write_json_atomic(
+            out / "metrics.json",
+            {
+                "status": "failed",
+                "objective": cfg.objective.name,
+                "error": f"{type(err).__name__}: {first_line}",
+            },
+        )
+    except Exception:  # noqa: BLE001 - recording must never hide the original error
+        log.exception("could not record the failure in the run folder")
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float:
-    """Run one job; bad input exits with one line naming the key or file, no traceback."""
+    """Run one job. Bad input exits with one line naming the key or file and no traceback;
+    in a sweep a failing job records its error and raises, so the sweep goes on to the others."""
     try:
         metrics = train(cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as err:
+        _record_failure(cfg, err)
+        if isinstance(err, ConfigError) and not _in_multirun():
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        raise
     finally:
         _finish_wandb()
-    log.info(
-        "val/loss %.4f (from %.4f) in %.0f s",
-        metrics["val/loss"],
-        metrics["val/loss_initial"],
-        metrics["wall_time_s"],
-    )
-    print(
-        json.dumps({k: metrics[k] for k in ("val/loss", "val/loss_initial", "train/tokens_per_s", "steps")})
-    )
+    summary = {k: metrics.get(k) for k in ("val/loss", "val/loss_initial", "train/tokens_per_s", "steps")}
+    print(json.dumps(summary))
     return float(metrics["val/loss"])
 
 

@@ -77,7 +77,8 @@ def load_files(path_value: str, text_column: str, cache_dir: Path) -> datasets.D
             text_column = TEXT
         try:
             ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=str(cache_dir))
-        except (ValueError, datasets.exceptions.DatasetGenerationError) as err:
+        # An empty or malformed file surfaces as any of these, depending on the builder.
+        except (ValueError, StopIteration, datasets.exceptions.DatasetGenerationError) as err:
             raise ConfigError(
                 f"data.path={path_value}: could not be read ({err.__class__.__name__})"
             ) from err
@@ -88,7 +89,10 @@ def load_hub(
     name: str, subset: str | None, split: str, text_column: str, cache_dir: Path
 ) -> datasets.Dataset:
     """A hub data set (needs a network) or anything else ``datasets.load_dataset`` resolves."""
-    ds = datasets.load_dataset(name, subset, split=split, cache_dir=str(cache_dir))
+    try:
+        ds = datasets.load_dataset(name, subset, split=split, cache_dir=str(cache_dir))
+    except (OSError, ValueError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise ConfigError(f"data.name={name}: could not be loaded ({type(err).__name__})") from err
     return _select_text(ds, text_column, f"data.name={name}")
 
 
@@ -137,6 +141,8 @@ def corpus_fingerprint(data: Any) -> str:
         path = sample_zh_file()
     elif data.source == "files":
         path = Path(data.path).expanduser()
+    elif Path(data.name).expanduser().exists():  # a local folder given as a hub name
+        path = Path(data.name).expanduser()
     else:
         return f"hub:{data.name}:{data.subset}:{data.split}"
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]

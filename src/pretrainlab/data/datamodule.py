@@ -19,12 +19,14 @@ from typing import Any
 
 import datasets
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from pretrainlab.config import ConfigError
 from pretrainlab.data import packing
 from pretrainlab.data.corpus import TEXT, corpus_fingerprint, load_corpus
+from pretrainlab.data.sampling import StreamBatchSampler, StreamDataset
 from pretrainlab.data.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,11 @@ def _atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
 
 
 class PretrainDataModule(pl.LightningDataModule):
-    """Blocks of token ids for every objective; ``collate_fn`` is set by the objective."""
+    """Blocks of token ids for every objective; ``collate_fn`` is set by the objective.
+
+    The collator should be seeded per batch (``sampling.SeededCollator``): training batches
+    are then a function of the stream position, validation batches of their content.
+    """
 
     def __init__(
         self,
@@ -72,10 +78,17 @@ class PretrainDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser()
         self.packed_length = packed_length or data.block_size
         self.collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
-        self.val_collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.splits: dict[str, datasets.Dataset] = {}
         self.cache_hit = False
+        # The training stream: set by plan_stream() before fit (see data/sampling.py).
+        self.stream_seed = 0
+        self.total_batches = 0
+        self.start_batch = 0
+
+    def plan_stream(self, seed: int, total_batches: int, start_batch: int = 0) -> None:
+        """How many batches training consumes, and where a resumed run picks up."""
+        self.stream_seed, self.total_batches, self.start_batch = seed, total_batches, start_batch
 
     # -- cache keys ---------------------------------------------------------------------
     def corpus_settings(self) -> dict[str, Any]:
@@ -148,14 +161,14 @@ class PretrainDataModule(pl.LightningDataModule):
         length = self.packed_length
         for name in SPLITS:
             if self.data.packing:
-                blocks = packing.pack(docs[name], length)
-                if len(blocks) == 0:
-                    total = packing.count_tokens(docs[name])
+                total = packing.count_tokens(docs[name])
+                if total < length:
                     raise ConfigError(
                         f"{self._where()}: the {name} split tokenizes to {total} tokens, fewer than "
                         f"one block of {length} (lower data.block_size"
                         + (" or raise data.val_fraction)" if name == "validation" else ")")
                     )
+                blocks = packing.pack(docs[name], length, cache_dir=str(self.cache_dir / "hf"))
             else:
                 blocks = packing.truncate(docs[name], length)
             blocks.save_to_disk(str(out / name))
@@ -163,6 +176,23 @@ class PretrainDataModule(pl.LightningDataModule):
     def _where(self) -> str:
         d = self.data
         return f"data.path={d.path}" if d.source == "files" else f"data.source={d.source}"
+
+    def heldout_documents(self, count: int, min_tokens: int) -> list[list[int]]:
+        """The first ``count`` validation documents with at least ``min_tokens`` tokens (eos dropped).
+
+        Fixed by the split alone, so every objective and seed is evaluated on the same text.
+        """
+        docs = datasets.load_from_disk(str(self.tokenizer_dir / "docs"))["validation"]
+        eos = self.tokenizer.eos_token_id
+        chosen: list[list[int]] = []
+        for batch in docs.iter(batch_size=1000):
+            for ids in batch[packing.IDS]:
+                ids = ids[:-1] if ids and ids[-1] == eos else ids
+                if len(ids) >= min_tokens:
+                    chosen.append(ids)
+                if len(chosen) == count:
+                    return chosen
+        return chosen
 
     # -- Lightning hooks ------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -181,22 +211,44 @@ class PretrainDataModule(pl.LightningDataModule):
             "cache hit" if self.cache_hit else "built",
         )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        collate = self.collate_fn if shuffle else (self.val_collate_fn or self.collate_fn)
+    def _require(self, collate: Any) -> Any:
         if collate is None:
             raise RuntimeError("the objective must set datamodule.collate_fn before loading batches")
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.data.batch_size,
-            shuffle=shuffle,
-            collate_fn=collate,
-            num_workers=self.data.num_workers,
-            persistent_workers=self.data.num_workers > 0,
-            drop_last=shuffle,
-        )
+        return collate
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        """One pass over a seeded stream of batches covering the whole run (resumable)."""
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = StreamBatchSampler(
+            len(self.splits["train"]),
+            self.data.batch_size,
+            self.stream_seed,
+            total_batches=self.total_batches,
+            start_batch=self.start_batch,
+            rank=rank,
+            world_size=world,
+        )
+        return DataLoader(
+            StreamDataset(self.splits["train"]),
+            batch_sampler=sampler,
+            collate_fn=self._require(self.collate_fn),
+            num_workers=self.data.num_workers,
+            persistent_workers=self.data.num_workers > 0,
+            generator=self._generator(),
+        )
+
+    def _generator(self) -> torch.Generator:
+        # Iterating a DataLoader draws a base seed from its generator, or else from the global RNG,
+        # which would shift the dropout masks of a resumed run against an uninterrupted one.
+        return torch.Generator().manual_seed(self.stream_seed)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", shuffle=False)
+        return DataLoader(
+            self.splits["validation"],
+            batch_size=self.data.batch_size,
+            shuffle=False,
+            collate_fn=self._require(self.collate_fn),
+            num_workers=self.data.num_workers,
+            persistent_workers=self.data.num_workers > 0,
+            generator=self._generator(),
+        )

@@ -43,11 +43,14 @@ def _blocks(docs: datasets.Dataset, block_size: int) -> Iterator[dict[str, list[
         buffer = buffer[cut:]
 
 
-def pack(docs: datasets.Dataset, block_size: int) -> datasets.Dataset:
-    """Fixed blocks of ``block_size`` tokens cut from the concatenated documents."""
+def pack(docs: datasets.Dataset, block_size: int, cache_dir: str | None = None) -> datasets.Dataset:
+    """Fixed blocks of ``block_size`` tokens cut from the concatenated documents.
+
+    The caller checks that the documents hold at least one block (``count_tokens``).
+    """
     features = datasets.Features({IDS: datasets.Sequence(datasets.Value("int32"))})
     return datasets.Dataset.from_generator(
-        _blocks, gen_kwargs={"docs": docs, "block_size": block_size}, features=features
+        _blocks, gen_kwargs={"docs": docs, "block_size": block_size}, features=features, cache_dir=cache_dir
     )
 
 

@@ -105,6 +105,11 @@ def backbone_config(
             **ids,
         )
     if family == "bloom":
+        if size.intermediate_size != 4 * size.hidden_size:
+            raise ConfigError(
+                f"model.intermediate_size={size.intermediate_size}: Bloom's feed-forward width is "
+                f"always 4 x model.hidden_size ({4 * size.hidden_size})"
+            )
         # ALiBi positions: no position table, so no maximum to configure.
         return BloomConfig(
             vocab_size=vocab,

@@ -7,7 +7,7 @@ collator, and how many tokens a batch trains on. Inheritance stops at one level.
 from __future__ import annotations
 
 import logging
-import zlib
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,6 +18,7 @@ import torch
 from torchmetrics import MeanMetric
 from transformers import (
     AutoModel,
+    GenerationConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -39,15 +40,20 @@ class PretrainingObjective(pl.LightningModule):
     name: ClassVar[str]
     # transformers Auto class that loads this objective's pretrained backbones.
     auto_class: ClassVar[type] = AutoModel
+    # Whether the objective writes text left to right (continuations, generation metrics).
+    generative: ClassVar[bool] = True
+    # Whether objective.mask_probability means anything to it.
+    corrupts: ClassVar[bool] = True
 
     def __init__(
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         warmup_ratio: float = 0.05,
         **settings: Any,
     ) -> None:
+        """``optimizer`` may be None when the module only serves inference."""
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -73,13 +79,21 @@ class PretrainingObjective(pl.LightningModule):
                 )
             if model.get_input_embeddings().num_embeddings < len(tokenizer):
                 model.resize_token_embeddings(len(tokenizer))
-            return model
+            return model.train()  # from_pretrained returns eval mode: dropout would stay off
         family = check_family(cls.name, size.family)
         return cls.model_from_config(backbone_config(family, size, tokenizer))
 
     @classmethod
     def model_from_config(cls, config: PretrainedConfig) -> PreTrainedModel:
         return cls.auto_class.from_config(config)
+
+    @classmethod
+    def ignored_settings(cls) -> tuple[str, ...]:
+        """Config keys (and key prefixes) this objective does not use: a sweep that varies only
+        these would train the same model again, so the sweeper skips such combinations."""
+        return (() if cls.corrupts else ("objective.mask_probability",)) + (
+            () if cls.generative else ("decoding",)
+        )
 
     @classmethod
     def packed_length(cls, block_size: int, settings: Any) -> int:
@@ -99,6 +113,25 @@ class PretrainingObjective(pl.LightningModule):
     def count_targets(self, batch: Batch) -> int:
         """Positions that carry loss, to weight the validation mean per token, not per batch."""
         return int((batch["labels"] != IGNORE).sum())
+
+    # -- inference (generative objectives) ------------------------------------------------
+    def continue_ids(
+        self, prefix: list[int], config: GenerationConfig, num_return_sequences: int = 1
+    ) -> list[list[int]]:
+        """Continuations of ``prefix`` (token ids, no specials), each without the prefix."""
+        raise NotImplementedError(f"objective={self.name}: cannot continue text")
+
+    def fill_spans(self, ids: list[int], config: GenerationConfig) -> tuple[list[list[int]], list[int]]:
+        """Fill each [MASK] of ``ids`` with a span of any length: (spans, completed ids)."""
+        raise NotImplementedError(f"objective={self.name}: cannot fill spans of unknown length")
+
+    def continuation_nll(self, prefix: list[int], continuation: list[int]) -> torch.Tensor:
+        """Per-token negative log-likelihood (nats) of ``continuation`` after ``prefix``.
+
+        The one number every generative objective can give for the same text: used for
+        self-perplexity of samples and bits per character of true continuations.
+        """
+        raise NotImplementedError(f"objective={self.name}: cannot score continuations")
 
     # -- training -----------------------------------------------------------------------
     def forward(self, batch: Batch) -> Any:
@@ -120,6 +153,28 @@ class PretrainingObjective(pl.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log("val/ppl", torch.exp(loss.clamp(max=50)), sync_dist=True)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the global RNG (dropout is its only consumer during training, see data/sampling.py),
+        so a resumed run draws the same dropout masks as an uninterrupted one."""
+        checkpoint["pretrainlab_rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # As plain values and tensors: checkpoints are loaded with weights_only=True.
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("pretrainlab_rng")
+        if state is None:
+            return
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
+        random.setstate(state["python"])
+
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW without weight decay on biases and norms, stepped per optimizer step."""
         decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
@@ -140,22 +195,9 @@ class PretrainingObjective(pl.LightningModule):
         self.tokenizer.save_pretrained(folder)
 
 
-class PerBatchSeeded:
-    """Run a collator with its randomness seeded from the batch's own tokens.
-
-    Validation then sees the same masks at every evaluation, in any order and in any worker,
-    so its loss moves only when the model does. The global RNG is restored afterwards.
-    """
-
-    def __init__(self, collate: Collator, seed: int) -> None:
-        self.collate = collate
-        self.seed = seed
-
-    def __call__(self, examples: list[dict[str, Any]]) -> Batch:
-        digest = zlib.crc32(b"".join(np.asarray(e["input_ids"], dtype=np.int64).tobytes() for e in examples))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 1_000_003 + digest)
-            return self.collate(examples)
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (str(name), torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached))
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -7,15 +7,20 @@ are separated by eos, so the model learns where one ends and the next begins.
 
 from __future__ import annotations
 
+import copy
 from typing import ClassVar
 
+import torch
+import torch.nn.functional as F
 from transformers import (
     AutoModelForCausalLM,
     DataCollatorForLanguageModeling,
+    GenerationConfig,
     PretrainedConfig,
     PreTrainedModel,
 )
 
+from pretrainlab.generation.decode import generate_with, strip_after_eos
 from pretrainlab.objectives.base import IGNORE, Batch, Collator, PretrainingObjective
 
 
@@ -23,6 +28,7 @@ class CausalLM(PretrainingObjective):
     """Decoder (Llama, GPT-2 or Bloom family) trained on next-token prediction."""
 
     name: ClassVar[str] = "causal"
+    corrupts: ClassVar[bool] = False
     auto_class: ClassVar[type] = AutoModelForCausalLM
 
     @classmethod
@@ -36,6 +42,27 @@ class CausalLM(PretrainingObjective):
 
     def build_collator(self) -> Collator:
         return DataCollatorForLanguageModeling(self.tokenizer, mlm=False)
+
+    def _with_start(self, prefix: list[int]) -> list[int]:
+        # In packed training text every document follows an eos: start prompts the same way.
+        return [self.tokenizer.eos_token_id, *prefix]
+
+    @torch.no_grad()
+    def continue_ids(
+        self, prefix: list[int], config: GenerationConfig, num_return_sequences: int = 1
+    ) -> list[list[int]]:
+        ids = torch.tensor([self._with_start(prefix)], device=self.device)
+        config = copy.deepcopy(config)
+        config.num_return_sequences = num_return_sequences
+        out = generate_with(self.model, ids, torch.ones_like(ids), config)  # (n, T_in + T_new)
+        return [strip_after_eos(row[ids.shape[1] :], self.tokenizer.eos_token_id) for row in out.tolist()]
+
+    @torch.no_grad()
+    def continuation_nll(self, prefix: list[int], continuation: list[int]) -> torch.Tensor:
+        ids = torch.tensor([self._with_start(prefix) + continuation], device=self.device)
+        logits = self.model(input_ids=ids).logits[0, :-1].float()  # (T-1, V): predicts ids[1:]
+        nll = F.cross_entropy(logits, ids[0, 1:], reduction="none")
+        return nll[-len(continuation) :] if continuation else nll[:0]
 
     def count_targets(self, batch: Batch) -> int:
         # The model shifts labels: the first position of each row predicts nothing.

@@ -44,6 +44,11 @@ class MaskedLMCollator:
             whole_word_mask=self.whole_word_mask,
             seed=self.seed,
         )
+        # With whole-word masking transformers resets the split to 100% [MASK] (its __post_init__
+        # warns that random replacement is "not supported"), yet its masking code applies the
+        # split to whole-word selections all the same. Restore the configured 80/10/10.
+        self.inner.mask_replace_prob = float(self.mask_replace_prob)
+        self.inner.random_replace_prob = float(self.random_replace_prob)
         vocab = len(self.tokenizer)
         self.special = torch.zeros(vocab, dtype=torch.bool)
         self.special[self.tokenizer.all_special_ids] = True
@@ -72,6 +77,7 @@ class MaskedLM(PretrainingObjective):
 
     name: ClassVar[str] = "masked"
     auto_class: ClassVar[type] = AutoModelForMaskedLM
+    generative: ClassVar[bool] = False
 
     def build_collator(self) -> Collator:
         s = self.settings

@@ -9,11 +9,25 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+import torch
+import torch.nn.functional as F
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    GenerationConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
-from pretrainlab.models.glm import MODEL_TYPE, build_glm
+from pretrainlab.models.glm import MODEL_TYPE, build_glm, continue_prefix, fill_blanks
 from pretrainlab.objectives.base import Collator, PretrainingObjective
-from pretrainlab.objectives.blank_infilling import BlankInfillingCollator
+from pretrainlab.objectives.blank_infilling import (
+    GMASK_TOKEN,
+    BlankInfillingCollator,
+    GLMSample,
+    reconstruct_from_parts,
+)
 
 
 class PrefixLM(PretrainingObjective):
@@ -40,8 +54,44 @@ class PrefixLM(PretrainingObjective):
                 backbone.resize_token_embeddings(len(tokenizer))
             model = cls.model_from_config(backbone.config)
             model.backbone = backbone
-            return model
+            return model.train()
         return super().build_backbone(size, tokenizer, block_size)
+
+    @torch.no_grad()
+    def continue_ids(
+        self, prefix: list[int], config: GenerationConfig, num_return_sequences: int = 1
+    ) -> list[list[int]]:
+        """GLM's prefix LM: part A = prefix + [gMASK], one piece decoded from [sop]."""
+        return [
+            continue_prefix(self.model, self.tokenizer, prefix, generation_config=config)
+            for _ in range(num_return_sequences)
+        ]
+
+    @torch.no_grad()
+    def fill_spans(self, ids: list[int], config: GenerationConfig) -> tuple[list[list[int]], list[int]]:
+        """GLM fills the blanks left to right, each seeing the ones filled before it."""
+        positions = [i for i, t in enumerate(ids) if t == self.tokenizer.mask_token_id]
+        spans = fill_blanks(self.model, self.tokenizer, ids, generation_config=config)
+        return spans, reconstruct_from_parts(ids, spans, positions)
+
+    @torch.no_grad()
+    def continuation_nll(self, prefix: list[int], continuation: list[int]) -> torch.Tensor:
+        collator = BlankInfillingCollator(self.tokenizer)  # only its layout is used, not its sampling
+        gmask = self.tokenizer.convert_tokens_to_ids(GMASK_TOKEN)
+        sample = GLMSample(
+            part_a=[*prefix, gmask],
+            spans=[continuation],
+            mask_positions=[len(prefix)],
+            order=[0],
+            is_gmask=True,
+            sop_id=collator.sop_id,
+            eop_id=collator.eop_id,
+        )
+        batch = {k: v.to(self.device) for k, v in collator.collate_samples([sample]).items()}
+        logits = self.model(**batch).logits[0].float()  # (T, V)
+        start = len(prefix) + 1  # the [sop] position predicts the first continuation token
+        targets = batch["labels"][0, start : start + len(continuation)]
+        return F.cross_entropy(logits[start : start + len(continuation)], targets, reduction="none")
 
     def build_collator(self) -> Collator:
         s = self.settings

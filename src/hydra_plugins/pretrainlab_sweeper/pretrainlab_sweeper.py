@@ -1,0 +1,151 @@
+"""A cartesian-product sweeper that knows which settings an objective ignores.
+
+It is Hydra's basic sweeper with three changes:
+- a combination that differs from an earlier one only in settings its objective does not
+  use (``mask_probability`` for causal, ``decoding`` for masked) is not trained again; it is
+  recorded in ``sweep.json`` as a skipped duplicate of the job that covers it;
+- a failing job does not stop the sweep: its error is in its run folder, the other jobs run,
+  and the sweep exits non-zero at the end naming the failed jobs;
+- when every job has run, the comparison report (``pretrainlab-compare``) is written.
+"""
+
+# No `from __future__ import annotations`: Hydra loads plugin modules outside sys.modules,
+# where dataclasses cannot resolve string annotations.
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainlabSweeperConf:
+    _target_: str = "hydra_plugins.pretrainlab_sweeper.pretrainlab_sweeper.PretrainlabSweeper"
+    max_batch_size: int | None = None
+    params: dict[str, str] | None = None
+    report: bool = True
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="pretrainlab", node=PretrainlabSweeperConf, provider="pretrainlab"
+)
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def plan_jobs(jobs: list[list[str]], ignored_by: list[tuple[str, ...]]) -> list[dict[str, Any]]:
+    """Which combinations to launch and which are duplicates of a launched one.
+
+    ``ignored_by[i]`` lists the setting keys (or key prefixes) job i's objective ignores. They
+    are dropped from what the job is launched with (so its config says "not applicable"), and
+    a combination whose remaining overrides equal an earlier one's is not launched again.
+    """
+    first_with: dict[tuple[str, ...], int] = {}
+    plan: list[dict[str, Any]] = []
+    for overrides, ignored in zip(jobs, ignored_by, strict=True):
+        kept = [o for o in overrides if not _ignored(override_key(o), ignored)]
+        dropped = [override_key(o) for o in overrides if o not in kept]
+        entry: dict[str, Any] = {
+            "overrides": list(overrides),
+            "launch": kept,
+            "status": "launched",
+            "dir": None,
+        }
+        signature = tuple(sorted(kept))
+        if signature in first_with:
+            entry.update(
+                status="skipped",
+                duplicate_of=first_with[signature],
+                reason=f"{', '.join(dropped)} does not apply to this objective",
+            )
+        else:
+            first_with[signature] = len(plan)
+        plan.append(entry)
+    return plan
+
+
+def _ignored(key: str, ignored: tuple[str, ...]) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in ignored)
+
+
+class PretrainlabSweeper(BasicSweeper):
+    """Basic sweeper + skipping of meaningless combinations + surviving failed jobs."""
+
+    def __init__(self, max_batch_size: int | None, params: dict[str, str] | None = None, report: bool = True):
+        super().__init__(max_batch_size, params)
+        self.report = report
+
+    def _ignored_keys(self, overrides: list[str]) -> tuple[str, ...]:
+        from hydra.utils import get_class
+
+        assert self.hydra_context is not None and self.config is not None
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        return get_class(cfg.objective._target_).ignored_settings()
+
+    def sweep(self, arguments: list[str]) -> Any:
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        params = self._parse_config()
+        params.extend(arguments)
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        combinations = [
+            job for batch in self.split_arguments(parser.parse_overrides(params), None) for job in batch
+        ]
+        plan = plan_jobs(combinations, [self._ignored_keys(job) for job in combinations])
+        launched = [entry for entry in plan if entry["status"] == "launched"]
+        for number, entry in enumerate(launched):
+            entry["dir"] = str(number)
+        for entry in plan:
+            if entry["status"] == "skipped":
+                entry["duplicate_of"] = plan[entry["duplicate_of"]]["dir"]
+
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        (sweep_dir / "sweep.json").write_text(json.dumps({"jobs": plan}, indent=2), encoding="utf-8")
+        skipped = len(plan) - len(launched)
+        if skipped:
+            log.info("%d of %d combinations skipped as duplicates (see sweep.json)", skipped, len(plan))
+
+        returns: list[list[JobReturn]] = []
+        failed: list[str] = []
+        batches = list(
+            self.split_overrides_to_chunks([e["overrides"] for e in launched], self.max_batch_size)
+        )
+        start = 0
+        for batch in batches:
+            self.validate_batch_is_legal(batch)
+            results = list(self.launcher.launch(batch, initial_job_idx=start))
+            for number, result in enumerate(results, start=start):
+                if result.status == JobStatus.FAILED:
+                    failed.append(f"{number} ({result._return_value!r})")
+            start += len(batch)
+            returns.append(results)
+
+        if self.report:
+            self._write_report(sweep_dir)
+        if failed:
+            print(
+                f"error: {len(failed)} of {len(launched)} jobs failed: {'; '.join(failed)}", file=sys.stderr
+            )
+            sys.exit(1)
+        return returns
+
+    @staticmethod
+    def _write_report(sweep_dir: Path) -> None:
+        try:
+            from pretrainlab.compare import main as compare
+
+            compare([str(sweep_dir)])
+        except Exception:  # noqa: BLE001 - the jobs' results are on disk either way
+            log.exception("could not write the sweep report; run pretrainlab-compare %s", sweep_dir)

@@ -1,0 +1,231 @@
+"""Shared fixtures: a tiny corpus, an isolated cache, test-sized configs and session-trained runs.
+
+Nothing here writes outside pytest's temporary folders: the pretrainlab cache, the `datasets`
+cache and W&B are all pointed at temporary directories before anything is imported.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+# Before `datasets`, `transformers` or `wandb` are imported by any test module: they read
+# these at import time. No test needs the network; `datasets` keeps its cache in a temp dir.
+_HF_TMP = tempfile.mkdtemp(prefix="pretrainlab-tests-hf-")
+atexit.register(shutil.rmtree, _HF_TMP, ignore_errors=True)
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_HF_TMP, "datasets")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ["WANDB_DIR"] = os.path.join(_HF_TMP, "wandb")
+os.environ["PRETRAINLAB_CACHE"] = os.path.join(_HF_TMP, "pretrainlab-cache")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+
+from pretrainlab import config_dir  # noqa: E402
+
+N_DOCS = 300
+
+# Test-sized settings; any of them can be overridden by a later `key=value`.
+TEST_DEFAULTS = (
+    "logger=none",
+    "data=files",
+    "model=tiny",
+    "model.n_layers=1",
+    "model.hidden_size=32",
+    "model.n_heads=2",
+    "model.intermediate_size=64",
+    "data.block_size=32",
+    "data.batch_size=4",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=1",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "tokenizer.vocab_size=300",
+    "~callbacks.progress_bar",
+)
+
+
+def corpus_lines() -> list[str]:
+    """The first documents of the built-in corpus, duplicates dropped (order kept)."""
+    from pretrainlab.data.corpus import load_sample_zh
+
+    docs = load_sample_zh()["text"]
+    seen: dict[str, None] = {}
+    for doc in docs:
+        seen.setdefault(doc, None)
+        if len(seen) == N_DOCS:
+            break
+    return list(seen)
+
+
+@pytest.fixture(scope="session")
+def tiny_docs() -> list[str]:
+    """The documents of `tiny_corpus`, in file order."""
+    return corpus_lines()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_docs: list[str]):
+    """A tokenizer trained (like the pipeline does) on the tiny corpus: Chinese only, ~2k tokens."""
+    from pretrainlab.data.tokenizer import train_tokenizer
+
+    return train_tokenizer(tiny_docs, vocab_size=300, min_frequency=2, model_max_length=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory, tiny_docs: list[str]) -> Path:
+    """~300 distinct Chinese (+ full-width digits/ASCII) documents, one per line."""
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text("\n".join(tiny_docs) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A session cache folder, also exported as PRETRAINLAB_CACHE (restored afterwards)."""
+    path = tmp_path_factory.mktemp("pretrainlab-cache")
+    previous = os.environ.get("PRETRAINLAB_CACHE")
+    os.environ["PRETRAINLAB_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("PRETRAINLAB_CACHE", None)
+    else:
+        os.environ["PRETRAINLAB_CACHE"] = previous
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def make_cfg(corpus: Path, cache: Path, output_dir: Path, *overrides: str) -> DictConfig:
+    """Compose `train` with the test defaults; later overrides win, including group choices."""
+    given = {_key(o) for o in overrides}
+    settings = (
+        *TEST_DEFAULTS,
+        f"data.path={corpus}",
+        f"paths.output_dir={output_dir}",
+        f"paths.cache_dir={cache}",
+    )
+    base = [o for o in settings if _key(o) not in given]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*base, *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    # The task function of a real run never sees the `hydra` node (and train() would try to
+    # resolve its sweep folder, which needs a job number).
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def compose_cfg(tiny_corpus: Path, cache_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """``compose_cfg(*overrides, output_dir=None)``: a test-sized config writing under tmp_path."""
+    count = iter(range(1_000_000))
+
+    def _compose(*overrides: str, output_dir: str | Path | None = None) -> DictConfig:
+        out = Path(output_dir) if output_dir is not None else tmp_path / f"run{next(count)}"
+        return make_cfg(tiny_corpus, cache_dir, out, *overrides)
+
+    return _compose
+
+
+@pytest.fixture(scope="session")
+def run_training() -> Callable[[DictConfig], dict]:
+    """``run_training(cfg)``: pretrainlab.train.train, restoring torch's determinism switch."""
+    return run_train
+
+
+def run_train(cfg: DictConfig) -> dict:
+    """``pretrainlab.train.train`` that leaves torch's global determinism switch as it found it."""
+    from pretrainlab.train import train
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        return train(cfg)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture(scope="session")
+def trained_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path, cache_dir: Path
+) -> Callable[..., Path]:
+    """``trained_run(objective, *overrides)``: train once per session, return the run folder.
+
+    The run is deterministic (``trainer.deterministic=true``, seed 42), so a test can repeat
+    it with the same config and expect the same numbers.
+    """
+    runs: dict[tuple[str, ...], Path] = {}
+
+    def _run(objective: str, *overrides: str) -> Path:
+        key = (objective, *overrides)
+        if key not in runs:
+            out = tmp_path_factory.mktemp(f"trained-{objective}") / "run"
+            run_train(make_cfg(tiny_corpus, cache_dir, out, *trained_run_overrides(objective, *overrides)))
+            runs[key] = out
+        return runs[key]
+
+    _run.overrides = trained_run_overrides  # type: ignore[attr-defined]
+    return _run
+
+
+def trained_run_overrides(objective: str, *overrides: str) -> tuple[str, ...]:
+    """The overrides `trained_run` uses, so a test can repeat exactly the same run."""
+    return (f"objective={objective}", "trainer.deterministic=true", *overrides)
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def cli_args(corpus: Path) -> list[str]:
+    """Test-sized overrides for ``pretrainlab-train`` run as a command."""
+    return [
+        "logger=none",
+        "data=files",
+        f"data.path={corpus}",
+        "model.n_layers=1",
+        "model.hidden_size=32",
+        "model.n_heads=2",
+        "model.intermediate_size=64",
+        "data.block_size=32",
+        "data.batch_size=4",
+        "data.max_documents=200",
+        "tokenizer.vocab_size=300",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=1",
+        "trainer.limit_val_batches=2",
+        "~callbacks.progress_bar",
+    ]
+
+
+def run_cli(
+    command: list[str], cache_dir: Path, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Run an installed console script (or its module when not on PATH) in a test environment."""
+    modules = {
+        "pretrainlab-train": "pretrainlab.train",
+        "pretrainlab-reproduce": "pretrainlab.reproduce",
+        "pretrainlab-compare": "pretrainlab.compare",
+    }
+    exe = shutil.which(command[0])
+    head = [exe] if exe else [sys.executable, "-m", modules[command[0]]]
+    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    full_env.update(PRETRAINLAB_CACHE=str(cache_dir), WANDB_MODE="offline", PYTHONWARNINGS="ignore")
+    full_env.update(env or {})
+    return subprocess.run(
+        [*head, *command[1:]], capture_output=True, text=True, env=full_env, timeout=timeout
+    )

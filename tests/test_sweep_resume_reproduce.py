@@ -1,0 +1,213 @@
+"""Sweeps (skipping meaningless combinations, surviving failures), W&B identity, resume, reproduce."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_args, run_cli
+from hydra_plugins.pretrainlab_sweeper.pretrainlab_sweeper import plan_jobs
+from pretrainlab.reproduce import compare_metrics
+
+TESTS = Path(__file__).parent
+CAUSAL_IGNORES = ("objective.mask_probability",)
+MASKED_IGNORES = ("decoding",)
+
+
+def test_plan_skips_combinations_that_differ_only_in_ignored_settings():
+    jobs = [
+        ["objective=causal", "objective.mask_probability=0.15", "decoding=greedy"],
+        ["objective=causal", "objective.mask_probability=0.3", "decoding=greedy"],
+        ["objective=causal", "objective.mask_probability=0.15", "decoding=top_p"],
+        ["objective=masked", "objective.mask_probability=0.15", "decoding=greedy"],
+        ["objective=masked", "objective.mask_probability=0.15", "decoding=top_p"],
+        ["objective=masked", "objective.mask_probability=0.3", "decoding.temperature=0.5"],
+    ]
+    plan = plan_jobs(jobs, [CAUSAL_IGNORES] * 3 + [MASKED_IGNORES] * 3)
+    assert [p["status"] for p in plan] == [
+        "launched",
+        "skipped",
+        "launched",
+        "launched",
+        "skipped",
+        "launched",
+    ]
+    assert plan[1]["duplicate_of"] == 0 and "objective.mask_probability" in plan[1]["reason"]
+    assert plan[4]["duplicate_of"] == 3 and "decoding" in plan[4]["reason"]
+    # Launched jobs carry no setting their objective ignores: their config says "not applicable".
+    assert plan[0]["launch"] == ["objective=causal", "decoding=greedy"]
+    assert plan[5]["launch"] == ["objective=masked", "objective.mask_probability=0.3"]
+
+
+@pytest.mark.slow
+def test_sweep_runs_each_meaningful_combination_once_and_survives_a_failure(tiny_corpus, cache_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    # prefix + beam search fails at evaluation time (GLM decoding has no beam search): a job
+    # that fails after training, while the others go on.
+    result = run_cli(
+        [
+            "pretrainlab-train",
+            "-m",
+            *cli_args(tiny_corpus),
+            "objective=causal,prefix",
+            "objective.mask_probability=0.15,0.3",
+            "decoding=greedy,beam",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cache_dir,
+        timeout=600,
+    )
+    assert result.returncode != 0
+    plan = json.loads((sweep / "sweep.json").read_text())["jobs"]
+    launched = [p for p in plan if p["status"] == "launched"]
+    skipped = [p for p in plan if p["status"] == "skipped"]
+    # causal: 2 decodings (mask_probability ignored); prefix: 2 x 2.
+    assert len(plan) == 8 and len(launched) == 6 and len(skipped) == 2
+    statuses = {}
+    for entry in launched:
+        metrics = json.loads((sweep / entry["dir"] / "metrics.json").read_text())
+        overrides = " ".join(entry["launch"])
+        statuses[overrides] = metrics["status"]
+        if "objective=causal" in overrides:
+            assert "objective.mask_probability" not in overrides
+    failed = [o for o, s in statuses.items() if s == "failed"]
+    assert len(failed) == 2 and all("objective=prefix" in o and "decoding=beam" in o for o in failed)
+    assert sum(s == "ok" for s in statuses.values()) == 4
+    assert "2 of 6 jobs failed" in result.stderr.strip().splitlines()[-1]
+    report = (sweep / "report.md").read_text()
+    assert report.count("failed") >= 2 and report.count("skipped") >= 2
+    assert (sweep / "report.csv").exists() and (sweep / "val_loss_vs_tokens.png").exists()
+
+
+def _wandb_records(run_dir: Path) -> list:
+    """Parse an offline ``run-*.wandb`` file: a LevelDB-style log of protobuf ``Record``s.
+
+    (wandb 0.31 writes it from its Go core and ships no Python reader.) Layout: a 7-byte
+    ``:W&B`` header, then 32 KiB blocks of chunks with a 7-byte header each: crc32 (4),
+    length (2, little-endian), type (1: full, 2: first, 3: middle, 4: last).
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    (log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data = log.read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, pending, chunks = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # the tail of a block too short for a header is padding
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 2):
+            pending = chunk
+        elif kind in (3, 4):
+            pending += chunk
+        if kind in (1, 4):
+            chunks.append(pending)
+    records = []
+    for chunk in chunks:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(chunk)
+        records.append(record)
+    return records
+
+
+@pytest.mark.slow
+def test_wandb_offline_runs_carry_group_job_type_name_and_samples_table(tiny_corpus, cache_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        [
+            "pretrainlab-train",
+            "-m",
+            *[a for a in cli_args(tiny_corpus) if a != "logger=none"],
+            "logger=wandb",
+            "objective=causal",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cache_dir,
+        env={"WANDB_DIR": str(tmp_path / "wandb-home")},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = next(r.run for r in _wandb_records(sweep / "0") if r.WhichOneof("record_type") == "run")
+    assert run.run_group == sweep.as_posix()
+    assert run.job_type == "causal"
+    assert "objective=causal" in run.display_name
+    tables = list((sweep / "0").glob("wandb/offline-run-*/files/media/table/samples_*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["decoding", "prompt", "continuation", "tokens"] and table["data"]
+
+
+def test_compare_metrics_ignores_timings_and_flags_any_model_difference():
+    old = {"val/loss": 1.5, "steps": 4, "wall_time_s": 3.0, "train/tokens_per_s": 10.0, "objective": "masked"}
+    assert compare_metrics(old, {**old, "wall_time_s": 9.0, "train/tokens_per_s": 99.0}) == []
+    assert compare_metrics(old, {**old, "val/loss": 1.5000001}) == ["val/loss: 1.5 -> 1.5000001"]
+    assert compare_metrics(old, {**old, "val/loss": 1.5000001}, rtol=1e-6) == []
+    assert compare_metrics(old, {**old, "objective": "causal"})
+
+
+@pytest.mark.slow
+def test_reproduce_check_passes_on_a_run_and_fails_on_tampered_metrics(tiny_corpus, cache_dir, tmp_path):
+    run = tmp_path / "run"
+    assert (
+        run_cli(["pretrainlab-train", *cli_args(tiny_corpus), f"hydra.run.dir={run}"], cache_dir).returncode
+        == 0
+    )
+    again = run_cli(
+        ["pretrainlab-reproduce", str(run), "--check", "--out", str(tmp_path / "again")], cache_dir
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "check passed" in again.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["val/loss"] += 1e-3
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    tampered = run_cli(
+        ["pretrainlab-reproduce", str(run), "--check", "--out", str(tmp_path / "third")], cache_dir
+    )
+    assert tampered.returncode == 1
+    assert "val/loss" in tampered.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(tiny_corpus, cache_dir, tmp_path):
+    args = [
+        *cli_args(tiny_corpus),
+        "objective=causal",
+        "model.dropout=0.1",  # the global RNG (dropout) must be restored too
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=2",
+        "+callbacks.killer._target_=kill_at_step.KillAtStep",
+    ]
+    env = {"PYTHONPATH": str(TESTS)}
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_cli(["pretrainlab-train", *args, f"hydra.run.dir={full}"], cache_dir, env).returncode == 0
+    killed = run_cli(
+        ["pretrainlab-train", *args, f"hydra.run.dir={cut}"], cache_dir, {**env, "KILL_AT_STEP": "5"}
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert not (cut / "metrics.json").exists() and (cut / "checkpoints" / "last.ckpt").exists()
+
+    changed = run_cli(["pretrainlab-train", *args, "trainer.max_steps=9", f"resume={cut}"], cache_dir, env)
+    assert changed.returncode != 0 and "trainer.max_steps" in changed.stderr.strip().splitlines()[-1]
+    resumed = run_cli(["pretrainlab-train", *args, f"resume={cut}"], cache_dir, env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((cut / "metrics.json").read_text())
+    assert compare_metrics(a, {**b, "best_checkpoint": a["best_checkpoint"]}) == []
+    assert (full / "curve.csv").read_text() == (cut / "curve.csv").read_text()
+    assert (full / "samples.jsonl").read_text() == (cut / "samples.jsonl").read_text() or a[
+        "decoding"
+    ] is None
+
+
+def test_resume_of_a_folder_that_is_not_a_run_is_refused(tiny_corpus, cache_dir, tmp_path):
+    result = run_cli(["pretrainlab-train", *cli_args(tiny_corpus), f"resume={tmp_path}"], cache_dir)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: resume={tmp_path}")

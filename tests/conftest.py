@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Before `datasets`, `transformers` or `wandb` are imported by any test module: they read
 # these at import time. No test needs the network; `datasets` keeps its cache in a temp dir.
@@ -37,6 +38,9 @@ from omegaconf import DictConfig, open_dict  # noqa: E402
 
 from pretrainlab import config_dir  # noqa: E402
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
 N_DOCS = 300
 
 # Test-sized settings; any of them can be overridden by a later `key=value`.
@@ -57,6 +61,20 @@ TEST_DEFAULTS = (
     "tokenizer.vocab_size=300",
     "~callbacks.progress_bar",
 )
+
+
+def word_level_tokenizer(tokens: list[str], **roles: str | list[str]) -> PreTrainedTokenizerFast:
+    """A WordLevel tokenizer over `tokens` (ids in that order), split on whitespace.
+
+    Unknown words map to "[UNK]"; `roles` (pad_token, eos_token, mask_token, cls_token, sep_token,
+    additional_special_tokens, ...) are passed to PreTrainedTokenizerFast as they are.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({tok: i for i, tok in enumerate(tokens)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **{"unk_token": "[UNK]", **roles})
 
 
 def corpus_lines() -> list[str]:
@@ -192,24 +210,12 @@ def trained_run_overrides(objective: str, *overrides: str) -> tuple[str, ...]:
 
 
 def cli_args(corpus: Path) -> list[str]:
-    """Test-sized overrides for ``pretrainlab-train`` run as a command."""
-    return [
-        "logger=none",
-        "data=files",
-        f"data.path={corpus}",
-        "model.n_layers=1",
-        "model.hidden_size=32",
-        "model.n_heads=2",
-        "model.intermediate_size=64",
-        "data.block_size=32",
-        "data.batch_size=4",
-        "data.max_documents=200",
-        "tokenizer.vocab_size=300",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=1",
-        "trainer.limit_val_batches=2",
-        "~callbacks.progress_bar",
-    ]
+    """Test-sized overrides for ``pretrainlab-train`` run as a command: `TEST_DEFAULTS` on `corpus`.
+
+    Command-line runs keep the trainer's own logging interval and read fewer documents.
+    """
+    defaults = [o for o in TEST_DEFAULTS if _key(o) != "trainer.log_every_n_steps"]
+    return [*defaults, f"data.path={corpus}", "data.max_documents=200"]
 
 
 def run_cli(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from conftest import word_level_tokenizer
 from pretrainlab.objectives.blank_infilling import (
     IGNORE_INDEX,
     BlankInfillingCollator,
@@ -21,14 +21,10 @@ N_WORDS = 200
 
 def make_tokenizer(specials: list[str] = SPECIALS) -> PreTrainedTokenizerFast:
     """Tiny word-level tokenizer: the specials, then t0..t199."""
-    vocab = {tok: i for i, tok in enumerate(specials + [f"t{i}" for i in range(N_WORDS)])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     extra = [t for t in ("[sop]", "[eop]", "[gMASK]") if t in specials]
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+    return word_level_tokenizer(
+        specials + [f"t{i}" for i in range(N_WORDS)],
         pad_token="[PAD]",
-        unk_token="[UNK]",
         mask_token="[MASK]",
         eos_token="</s>",
         additional_special_tokens=extra,

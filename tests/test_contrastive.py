@@ -387,15 +387,10 @@ def test_generate_with_on_real_models_stays_offline(offline, spy):
 # -- conf/decoding --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def word_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from conftest import word_level_tokenizer
 
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "</s>", "a", "b", "c"])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="[PAD]", eos_token="</s>", unk_token="[UNK]"
-    )
+    tokens = ["[PAD]", "[UNK]", "</s>", "a", "b", "c"]
+    return word_level_tokenizer(tokens, pad_token="[PAD]", eos_token="</s>")
 
 
 def test_min_p_yaml_composes_into_a_valid_generation_config(word_tokenizer):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoConfig, AutoModel, GenerationConfig, LlamaConfig, PreTrainedTokenizerFast
 from transformers.generation.logits_process import (
     MinPLogitsWarper,
@@ -15,6 +14,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from conftest import word_level_tokenizer
 from pretrainlab.models.glm import (
     GLMConfig,
     GLMForBlankInfilling,
@@ -36,13 +36,9 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "</s>", "[sop]", "[eop
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
     """Tiny word-level tokenizer: the specials, then t0..t199."""
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + [f"t{i}" for i in range(200)])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+    return word_level_tokenizer(
+        SPECIALS + [f"t{i}" for i in range(200)],
         pad_token="[PAD]",
-        unk_token="[UNK]",
         mask_token="[MASK]",
         eos_token="</s>",
         additional_special_tokens=["[sop]", "[eop]", "[gMASK]"],

@@ -33,7 +33,7 @@ def test_seq2seq_packs_longer_blocks_so_inputs_fill_block_size(compose_cfg):
     assert batch["input_ids"].shape == (8, 32)
     assert bool(batch["attention_mask"].all())  # no padding in the encoder input
     assert batch["labels"].shape[1] <= target
-    assert module.count_tokens(batch) == 8 * 32 + int((batch["labels"] != -100).sum())
+    assert module.count_tokens(batch) == 8 * raw  # corpus tokens, sentinels not counted
 
 
 def test_prefix_batches_have_glm_inputs_and_loss_only_on_part_b(compose_cfg):
@@ -58,6 +58,10 @@ def test_prefix_batches_have_glm_inputs_and_loss_only_on_part_b(compose_cfg):
         (("objective=prefix", "objective.gmask_probability=1.5"), "objective.gmask_probability"),
         (("objective=prefix", "objective.span_poisson_lambda=0"), "objective.span_poisson_lambda"),
         (("objective=seq2seq", "model.family=llama"), "model.family"),
+        (("objective=prefix", "decoding=beam"), "decoding.num_beams"),
+        (("objective=causal", "decoding=beam", "decoding.num_beams=1"), "decoding"),
+        (("objective=causal", "decoding=top_p", "decoding.top_p=1.5"), "decoding.top_p"),
+        (("objective=causal", "decoding=sampling", "decoding.temperature=0"), "decoding.temperature"),
     ],
 )
 def test_bad_settings_name_their_key(compose_cfg, overrides, key):
@@ -97,3 +101,16 @@ def test_prefix_continues_a_plain_causal_checkpoint(trained_run, compose_cfg):
     source = AutoModelForCausalLM.from_pretrained(causal / "hf")
     for name, weight in source.state_dict().items():
         assert torch.equal(module.model.backbone.state_dict()[name], weight), name
+
+
+@pytest.mark.parametrize("objective", ["masked", "seq2seq", "prefix"])
+def test_a_token_budget_means_the_same_corpus_tokens_for_every_objective(compose_cfg, objective):
+    """trainer.max_tokens counts corpus tokens: T5's longer raw blocks give it fewer steps."""
+    from conftest import run_train
+
+    budget = 300
+    metrics = run_train(compose_cfg(f"objective={objective}", f"trainer.max_tokens={budget}"))
+    per_step = 4 * (compute_input_and_target_lengths(32, 0.15, 3.0)[0] if objective == "seq2seq" else 32)
+    assert metrics["steps"] == -(-budget // per_step)  # ceil
+    assert metrics["tokens_seen"] == metrics["steps"] * per_step
+    assert budget <= metrics["tokens_seen"] < budget + per_step

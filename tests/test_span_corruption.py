@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from conftest import word_level_tokenizer
 from pretrainlab.objectives.span_corruption import (
     LABEL_PAD_ID,
     SpanCorruptionCollator,
@@ -32,13 +32,9 @@ def make_tokenizer(
     """WordLevel tokenizer; sentinels sit in the middle of the vocabulary."""
     sentinels = SENTINELS if sentinels is None else sentinels
     tokens = SPECIALS + [f"t{i}" for i in range(100)] + sentinels + [f"t{i}" for i in range(100, 200)]
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+    return word_level_tokenizer(
+        tokens,
         pad_token="[PAD]",
-        unk_token="[UNK]",
         eos_token="</s>",
         mask_token="[MASK]",
         cls_token="[CLS]",

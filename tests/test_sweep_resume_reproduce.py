@@ -45,8 +45,8 @@ def test_plan_skips_combinations_that_differ_only_in_ignored_settings():
 @pytest.mark.slow
 def test_sweep_runs_each_meaningful_combination_once_and_survives_a_failure(tiny_corpus, cache_dir, tmp_path):
     sweep = tmp_path / "sweep"
-    # prefix + beam search fails at evaluation time (GLM decoding has no beam search): a job
-    # that fails after training, while the others go on.
+    # prefix + beam search is refused (GLM decoding has no beam search): those jobs fail, the
+    # others go on.
     result = run_cli(
         [
             "pretrainlab-train",

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from conftest import word_level_tokenizer
 from pretrainlab.config import ConfigError
 from pretrainlab.data.tokenizer import (
     EXTRA_SPECIAL,
@@ -159,10 +159,8 @@ def test_vocab_smaller_than_requested_logs_a_warning(
 
 def word_level_folder(folder: Path, specials: dict[str, str], words: int = 50) -> Path:
     """A plain WordLevel tokenizer saved with save_pretrained, with only the given roles."""
-    vocab = {t: i for i, t in enumerate([*specials.values(), *(f"w{i}" for i in range(words))])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token=specials.get("unk_token", "[UNK]")))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=backend, **specials).save_pretrained(str(folder))
+    tokens = [*specials.values(), *(f"w{i}" for i in range(words))]
+    word_level_tokenizer(tokens, **specials).save_pretrained(str(folder))
     return folder
 
 

@@ -187,6 +187,7 @@ def validate(cfg: DictConfig) -> None:
         if not 0.0 <= obj.gmask_probability <= 1.0:
             raise ConfigError(f"objective.gmask_probability={obj.gmask_probability}: must be between 0 and 1")
     check_family(obj.name, model.family)
+    _check_decoding(cfg)
 
     if data.source not in DATA_SOURCES:
         raise ConfigError(f"data.source={data.source}: must be one of {', '.join(DATA_SOURCES)}")
@@ -223,6 +224,42 @@ def validate(cfg: DictConfig) -> None:
         _check_pretrained_path(model.pretrained, "model.pretrained")
     if cfg.tokenizer.pretrained is not None:
         _check_pretrained_path(cfg.tokenizer.pretrained, "tokenizer.pretrained")
+
+
+def _check_decoding(cfg: DictConfig) -> None:
+    """The decoding strategy is used only after training: check it before training starts."""
+    from omegaconf import OmegaConf
+    from transformers import GenerationConfig
+
+    from pretrainlab.generation.contrastive import validate_strict
+
+    decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
+    settings = {k: v for k, v in decoding.items() if k != "name"}
+    # Ranges transformers checks only when decoding starts (in its logits warpers).
+    ranges = {
+        "temperature": (lambda v: v > 0, "must be positive"),
+        "top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+        "min_p": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+        "top_k": (lambda v: v >= 0, "must be at least 0"),
+        "num_beams": (lambda v: v >= 1, "must be at least 1"),
+        "max_new_tokens": (lambda v: v >= 1, "must be at least 1"),
+        "penalty_alpha": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    }
+    for key, (ok, rule) in ranges.items():
+        if settings.get(key) is not None and not ok(settings[key]):
+            raise ConfigError(f"decoding.{key}={settings[key]}: {rule}")
+    try:
+        validate_strict(GenerationConfig(**settings))
+    except ValueError as err:
+        # transformers lists each problem on a line starting with "- `key`: ..."; keep the first.
+        lines = [line.lstrip("- ") for line in str(err).splitlines() if line.startswith("- ")]
+        reason = lines[0] if lines else str(err).strip().splitlines()[0]
+        raise ConfigError(f"decoding={decoding.get('name')}: {reason}") from err
+    if cfg.objective.name == "prefix" and (settings.get("num_beams") or 1) > 1:
+        raise ConfigError(
+            f"decoding.num_beams={settings['num_beams']}: the prefix (GLM) decoder has no beam search; "
+            "use greedy, sampling, top_k, top_p or min_p"
+        )
 
 
 def _check_pretrained_path(value: str, key: str) -> None:

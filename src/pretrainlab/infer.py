@@ -148,12 +148,14 @@ def _parser(prog: str, what: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _run_cli(main: Any) -> None:
+def _run_cli(main: Any, args: argparse.Namespace) -> None:
+    """Seed, load the run, call ``main(run)``; bad input becomes one ``error:`` line, exit 2."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     try:
-        main()
+        torch.manual_seed(args.seed)
+        main(load_run(args.run_dir))
     except (InferenceError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -165,9 +167,7 @@ def fill_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, default=5, help="candidates per [MASK] (masked objective)")
     args = parser.parse_args(argv)
 
-    def main() -> None:
-        torch.manual_seed(args.seed)
-        run = load_run(args.run_dir)
+    def main(run: LoadedRun) -> None:
         answers = fill(run, args.text, args.top_k, decoding_config(args.overrides))
         if args.json:
             print(json.dumps(answers, ensure_ascii=False, indent=2))
@@ -181,7 +181,7 @@ def fill_main(argv: list[str] | None = None) -> None:
                 print(f"blank {i}: {answer['token_str']}")
                 print(f"  {answer['sequence']}")
 
-    _run_cli(main)
+    _run_cli(main, args)
 
 
 def generate_main(argv: list[str] | None = None) -> None:
@@ -190,9 +190,7 @@ def generate_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-return-sequences", type=int, default=1, help="continuations to return")
     args = parser.parse_args(argv)
 
-    def main() -> None:
-        torch.manual_seed(args.seed)
-        run = load_run(args.run_dir)
+    def main(run: LoadedRun) -> None:
         decoding = decoding_config(args.overrides)
         texts = generate(run, args.text, decoding, args.num_return_sequences)
         if args.json:
@@ -201,4 +199,4 @@ def generate_main(argv: list[str] | None = None) -> None:
             for text in texts:
                 print(text)
 
-    _run_cli(main)
+    _run_cli(main, args)

@@ -65,7 +65,7 @@ def build_objective(cfg: DictConfig, datamodule: PretrainDataModule) -> Pretrain
     return module
 
 
-def trainer_settings(cfg: DictConfig, tokens_per_step: int) -> dict[str, Any]:
+def trainer_settings(cfg: DictConfig, tokens_per_step: float) -> dict[str, Any]:
     """Trainer keyword arguments; a token budget (``trainer.max_tokens``) decides max_steps."""
     settings = OmegaConf.to_container(cfg.trainer, resolve=True)
     max_tokens = settings.pop("max_tokens")
@@ -145,8 +145,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = build_loggers(cfg)
+    # A token budget counts corpus tokens: T5 packs longer raw blocks, so it takes fewer steps.
     tokens_per_step = (
-        cfg.data.batch_size * cfg.data.block_size * cfg.trainer.accumulate_grad_batches * _world(cfg)
+        cfg.data.batch_size
+        * datamodule.tokens_per_example()
+        * cfg.trainer.accumulate_grad_batches
+        * _world(cfg)
     )
     settings = trainer_settings(cfg, tokens_per_step)
     trainer = pl.Trainer(**settings, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))

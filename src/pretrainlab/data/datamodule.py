@@ -177,6 +177,14 @@ class PretrainDataModule(pl.LightningDataModule):
         d = self.data
         return f"data.path={d.path}" if d.source == "files" else f"data.source={d.source}"
 
+    def tokens_per_example(self) -> float:
+        """Corpus tokens in one training example: the block length, or the mean document length
+        when documents are not packed. A token budget becomes steps through it."""
+        if self.data.packing:
+            return float(self.packed_length)
+        train = self.splits["train"]
+        return packing.count_tokens(train) / max(len(train), 1)
+
     def heldout_documents(self, count: int, min_tokens: int) -> list[list[int]]:
         """The first ``count`` validation documents with at least ``min_tokens`` tokens (eos dropped).
 

@@ -18,6 +18,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 BATCH_KEY = "_stream_batch"
+# Added to every collated batch: the corpus tokens it holds (padding, sentinels, [MASK]s and
+# GLM's part-B markers excluded), so every objective counts tokens the same way.
+CORPUS_TOKENS = "_corpus_tokens"
 
 
 class StreamBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -85,7 +88,8 @@ class SeededCollator:
 
     Training batches carry their stream position (``StreamDataset``); any other batch (the
     validation set) is keyed by its own tokens, so validation masks are the same at every
-    evaluation and its loss moves only when the model does.
+    evaluation and its loss moves only when the model does. The batch also gets
+    ``CORPUS_TOKENS``, the number of corpus tokens it was made from.
     """
 
     def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, Any]], seed: int) -> None:
@@ -100,4 +104,6 @@ class SeededCollator:
             key = zlib.crc32(b"".join(np.asarray(e["input_ids"], dtype=np.int64).tobytes() for e in examples))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + key) % (2**63))
-            return self.collate(examples)
+            batch = self.collate(examples)
+        batch[CORPUS_TOKENS] = torch.tensor(sum(len(e["input_ids"]) for e in examples))
+        return batch

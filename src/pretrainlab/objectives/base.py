@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from pretrainlab.config import ConfigError
+from pretrainlab.data.sampling import CORPUS_TOKENS
 from pretrainlab.models.backbones import backbone_config, check_family, max_positions_of
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,13 @@ class PretrainingObjective(pl.LightningModule):
 
     @classmethod
     def model_from_config(cls, config: PretrainedConfig) -> PreTrainedModel:
-        return cls.auto_class.from_config(config)
+        """Random init; a generating model stops at the document separator and pads with [PAD]."""
+        model = cls.auto_class.from_config(config)
+        if model.can_generate():
+            for key in ("eos_token_id", "pad_token_id", "bos_token_id", "decoder_start_token_id"):
+                if getattr(config, key, None) is not None:
+                    setattr(model.generation_config, key, getattr(config, key))
+        return model
 
     @classmethod
     def ignored_settings(cls) -> tuple[str, ...]:
@@ -105,7 +112,14 @@ class PretrainingObjective(pl.LightningModule):
         raise NotImplementedError
 
     def count_tokens(self, batch: Batch) -> int:
-        """Non-padding tokens a batch trains on (what tokens/s and the token budget count)."""
+        """Corpus tokens a batch was made from: what tokens/s and tokens_seen count.
+
+        The same text counts the same for every objective (T5's sentinels and GLM's [sop]/[eop]
+        are not corpus text). Batches from ``SeededCollator`` carry the count; for others the
+        non-padding inputs stand in.
+        """
+        if CORPUS_TOKENS in batch:
+            return int(batch[CORPUS_TOKENS])
         if "attention_mask" in batch and batch["attention_mask"].dim() == 2:
             return int(batch["attention_mask"].sum())
         return int((batch["input_ids"] != self.tokenizer.pad_token_id).sum())
@@ -135,7 +149,8 @@ class PretrainingObjective(pl.LightningModule):
 
     # -- training -----------------------------------------------------------------------
     def forward(self, batch: Batch) -> Any:
-        return self.model(**batch)
+        # Keys starting with "_" are bookkeeping (e.g. the corpus token count), not model inputs.
+        return self.model(**{k: v for k, v in batch.items() if not k.startswith("_")})
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self(batch).loss

@@ -16,8 +16,6 @@ from transformers import (
     AutoModelForCausalLM,
     DataCollatorForLanguageModeling,
     GenerationConfig,
-    PretrainedConfig,
-    PreTrainedModel,
 )
 
 from pretrainlab.generation.decode import generate_with, strip_after_eos
@@ -30,15 +28,6 @@ class CausalLM(PretrainingObjective):
     name: ClassVar[str] = "causal"
     corrupts: ClassVar[bool] = False
     auto_class: ClassVar[type] = AutoModelForCausalLM
-
-    @classmethod
-    def model_from_config(cls, config: PretrainedConfig) -> PreTrainedModel:
-        model = AutoModelForCausalLM.from_config(config)
-        # Generation stops at the document separator and pads with the tokenizer's pad.
-        model.generation_config.eos_token_id = config.eos_token_id
-        model.generation_config.pad_token_id = config.pad_token_id
-        model.generation_config.bos_token_id = config.bos_token_id
-        return model
 
     def build_collator(self) -> Collator:
         return DataCollatorForLanguageModeling(self.tokenizer, mlm=False)

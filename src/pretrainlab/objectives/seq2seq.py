@@ -11,11 +11,11 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForSeq2SeqLM, GenerationConfig, PretrainedConfig, PreTrainedModel
+from transformers import AutoModelForSeq2SeqLM, GenerationConfig
 
 from pretrainlab.data.tokenizer import NUM_SENTINELS
 from pretrainlab.generation.decode import generate_with
-from pretrainlab.objectives.base import IGNORE, Batch, Collator, PretrainingObjective
+from pretrainlab.objectives.base import Collator, PretrainingObjective
 from pretrainlab.objectives.span_corruption import (
     SpanCorruptionCollator,
     compute_input_and_target_lengths,
@@ -30,14 +30,6 @@ class Seq2SeqLM(PretrainingObjective):
 
     name: ClassVar[str] = "seq2seq"
     auto_class: ClassVar[type] = AutoModelForSeq2SeqLM
-
-    @classmethod
-    def model_from_config(cls, config: PretrainedConfig) -> PreTrainedModel:
-        model = AutoModelForSeq2SeqLM.from_config(config)
-        model.generation_config.decoder_start_token_id = config.decoder_start_token_id
-        model.generation_config.eos_token_id = config.eos_token_id
-        model.generation_config.pad_token_id = config.pad_token_id
-        return model
 
     @classmethod
     def packed_length(cls, block_size: int, settings: Any) -> int:
@@ -96,7 +88,3 @@ class Seq2SeqLM(PretrainingObjective):
         labels = torch.tensor([[sentinel, *continuation]], device=self.device)
         logits = self.model(input_ids=inputs, labels=labels).logits[0].float()  # (T_dec, V)
         return F.cross_entropy(logits, labels[0], reduction="none")[1:]  # skip the sentinel itself
-
-    def count_tokens(self, batch: Batch) -> int:
-        # Encoder inputs plus decoder targets: both are computed on.
-        return int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE).sum())

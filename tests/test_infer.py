@@ -8,7 +8,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from pretrainlab import config_dir
 from pretrainlab.infer import InferenceError, decoding_config, fill, fill_main, generate, load_run
 
 TEXT = "西安交通[MASK][MASK]博物馆是一座位于西安交通大学的博物馆"
@@ -124,3 +126,22 @@ def test_generate_command_runs_as_installed(trained_run):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["decoding"]["name"] == "greedy" and result["generated"][0].startswith("中国")
+
+
+DECODINGS = sorted(p.stem for p in (config_dir() / "decoding").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", DECODINGS)
+@pytest.mark.parametrize("objective", ["causal", "seq2seq", "prefix"])
+def test_every_decoding_strategy_produces_a_continuation(runs, objective, name):
+    if objective == "prefix" and name == "beam":
+        pytest.skip("the GLM decoder has no beam search (refused before training, see test_seq2seq_prefix)")
+    torch.manual_seed(0)  # sampling strategies draw from the global RNG
+    overrides = [f"decoding={name}", "decoding.max_new_tokens=4"]
+    if objective == "causal":  # generate() honours a minimum: the output cannot be empty
+        overrides.append("+decoding.min_new_tokens=2")
+    decoding = decoding_config(overrides)
+    texts = generate(runs[objective], "中国", decoding, num_return_sequences=2 if name == "beam" else 1)
+    assert texts and all(t.startswith("中国") for t in texts)
+    if objective == "causal":
+        assert all(len(t) > len("中国") for t in texts)

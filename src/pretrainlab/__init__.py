@@ -19,3 +19,8 @@ def config_dir() -> Path:
     """The Hydra config tree: inside the package for a wheel, the repository's conf/ otherwise."""
     packaged = Path(__file__).parent / "conf"
     return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf"
+
+
+# The typed schemas every config group refers to (`<group>_schema`): registered on import, so any
+# composition (the app, tests, notebooks using hydra.compose) finds them.
+from pretrainlab import config as _config  # noqa: E402,F401

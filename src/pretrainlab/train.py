@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -277,5 +278,53 @@ def _finish_wandb() -> None:
             wandb.finish()
 
 
-if __name__ == "__main__":
+def composition_problem(overrides: list[str]) -> str | None:
+    """Compose the config as Hydra will, and describe in one line what fails, if anything."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            compose(config_name="train", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        return describe_composition_error(err)
+    return None
+
+
+def describe_composition_error(err: BaseException) -> str:
+    """Hydra's composition errors span several lines; say the same in one, key first."""
+    text = str(err)
+    missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    if missing:
+        group, option = missing.groups()
+        options = [
+            o for o in re.findall(r"^\t(\S+)$", text, re.M) if "=" not in o and not o.endswith("_schema")
+        ]
+        return f"{group}={option}: no such option (choose {', '.join(options)})"
+    unknown = re.search(r"Could not override '([^']+)'", text)
+    if unknown:
+        key = unknown.group(1)
+        return f"{key}: no such setting (check the spelling; +{key}=... adds a new key)"
+    cause = err.__cause__
+    if cause is not None:
+        key = getattr(cause, "full_key", None)
+        first = str(cause).strip().splitlines()[0]
+        return f"{key}: {first}" if key else first
+    return text.strip().splitlines()[0]
+
+
+def cli() -> None:
+    """``pretrainlab-train``: a plain run's config is composed first, so a bad group option,
+    a misspelt key or a wrong type is one ``error:`` line; flags (-m, --help, ...) go to Hydra."""
+    overrides = sys.argv[1:]
+    if overrides and not any(arg.startswith("-") for arg in overrides):
+        problem = composition_problem(overrides)
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

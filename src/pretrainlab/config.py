@@ -9,7 +9,7 @@ Hydra composes the config, not halfway through a run. Checks that need more than
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,16 @@ class ModelConfig:
 
 
 @dataclass
+class ProbeDataConfig:
+    """A labelled file for the downstream probe instead of the built-in sentiment reviews."""
+
+    path: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    test_fraction: float = 0.2
+
+
+@dataclass
 class DataConfig:
     source: str = "sample_zh"
     path: str | None = None
@@ -87,6 +97,7 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 0
     max_documents: int | None = None
+    probe: ProbeDataConfig = field(default_factory=ProbeDataConfig)
 
 
 @dataclass
@@ -109,9 +120,20 @@ class OptimizerConfig:
 class EvaluationConfig:
     """End-of-run evaluation on held-out validation documents (the same for every objective)."""
 
+    # Fixed apart from `seed`: every run of a study is evaluated on the same items.
+    seed: int = 0
     generation: bool = True
     num_prompts: int = 16
     prompt_tokens: int = 16
+    cloze: bool = True
+    cloze_ks: list[int] = field(default_factory=lambda: [1, 2, 4])
+    cloze_per_k: int = 64
+    continuation: bool = True
+    continuation_items: int = 64
+    continuation_tokens: int = 32
+    probe: bool = True
+    probe_per_class: int = 1000
+    probe_test_per_class: int = 500
 
 
 @dataclass
@@ -212,6 +234,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.batch_size={data.batch_size}: must be positive")
     if not 0.0 < data.val_fraction <= 0.5:
         raise ConfigError(f"data.val_fraction={data.val_fraction}: must be in (0, 0.5]")
+    if data.probe.path is not None and not Path(data.probe.path).expanduser().is_file():
+        raise ConfigError(f"data.probe.path={data.probe.path}: no such file")
     if data.max_documents is not None and data.max_documents <= 1:
         raise ConfigError(f"data.max_documents={data.max_documents}: must be at least 2")
     if cfg.optimizer.optimizer.lr <= 0:

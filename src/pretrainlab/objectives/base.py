@@ -213,8 +213,3 @@ class PretrainingObjective(pl.LightningModule):
 def _numpy_state_to_plain(state: tuple) -> tuple:
     name, keys, pos, has_gauss, cached = state
     return (str(name), torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached))
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Unique parameters (tied embeddings counted once)."""
-    return sum(p.numel() for p in model.parameters())

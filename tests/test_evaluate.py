@@ -1,0 +1,69 @@
+"""The end-of-run evaluation lands in metrics.json under stable names, for every objective."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+
+from conftest import cli_args, run_cli
+
+KS = (1, 2, 4)
+
+
+@pytest.mark.parametrize("objective", ["masked", "causal", "seq2seq", "prefix"])
+def test_metrics_json_carries_every_evaluation(trained_run, objective):
+    metrics = json.loads((trained_run(objective) / "metrics.json").read_text())
+    for k in KS:
+        for name in (f"cloze/exact_match_k{k}", f"cloze/token_accuracy_k{k}"):
+            assert name in metrics
+            assert metrics[name] is None or 0.0 <= metrics[name] <= 1.0
+    assert metrics["cloze/token_accuracy_k1"] is not None
+    assert "continuation/bpc" in metrics
+    if objective == "masked":
+        assert metrics["continuation/bpc"] is None  # not applicable, not zero
+    else:
+        assert metrics["continuation/bpc"] > 0 and math.isfinite(metrics["continuation/bpc"])
+    assert 0.0 <= metrics["probe/accuracy"] <= 1.0
+    assert metrics["params"] >= metrics["params_non_embedding"] > 0
+    assert metrics["train/flops"] > 0 and metrics["tokens_seen"] > 0
+    if objective != "seq2seq":
+        assert metrics["train/flops"] == pytest.approx(
+            6 * metrics["params_non_embedding"] * metrics["tokens_seen"]
+        )
+
+
+def test_evaluation_items_do_not_depend_on_the_training_seed(trained_run):
+    """Same held-out prompts for runs with different seeds: only the model differs."""
+    a = trained_run("causal")
+    b = trained_run("causal", "seed=7")
+    prompts = [
+        [json.loads(line)["prompt"] for line in (r / "samples.jsonl").read_text().splitlines()]
+        for r in (a, b)
+    ]
+    assert prompts[0] == prompts[1]
+
+
+@pytest.mark.slow
+def test_eval_command_recomputes_the_same_numbers_and_merges_them(tiny_corpus, cache_dir, tmp_path):
+    run = tmp_path / "run"  # trained through the command, which saves .hydra/config.yaml
+    trained = run_cli(
+        ["pretrainlab-train", *cli_args(tiny_corpus), "objective=prefix", f"hydra.run.dir={run}"], cache_dir
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    before = json.loads((run / "metrics.json").read_text())
+    result = run_cli(["pretrainlab-eval", str(run)], cache_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    after = json.loads((run / "metrics.json").read_text())
+    evaluated = [k for k in before if k.startswith(("cloze/", "continuation/", "probe/", "gen/"))]
+    assert evaluated and all(after[k] == before[k] for k in evaluated)  # deterministic
+    assert after["val/loss"] == before["val/loss"]  # training metrics are kept
+    changed = run_cli(
+        ["pretrainlab-eval", str(run), "evaluation.probe=false", "evaluation.cloze_ks=[1]"], cache_dir
+    )
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    bad = run_cli(["pretrainlab-eval", str(run), "trainer.max_steps=3"], cache_dir)
+    assert bad.returncode != 0 and "trainer.max_steps" in bad.stderr
+    shutil.rmtree(run)

@@ -214,6 +214,22 @@ def trained_run_overrides(objective: str, *overrides: str) -> tuple[str, ...]:
     return (f"objective={objective}", "trainer.deterministic=true", *overrides)
 
 
+def special_word_tokenizer(n_words: int) -> PreTrainedTokenizerFast:
+    """Every pretrainlab special token (in the trained tokenizer's order and roles), then
+    the words w0 .. w{n_words - 1}."""
+    from pretrainlab.data.tokenizer import CLS, EOS, EXTRA_SPECIAL, MASK, PAD, SEP, SPECIAL_TOKENS
+
+    return word_level_tokenizer(
+        SPECIAL_TOKENS + [f"w{i}" for i in range(n_words)],
+        pad_token=PAD,
+        cls_token=CLS,
+        sep_token=SEP,
+        mask_token=MASK,
+        eos_token=EOS,
+        additional_special_tokens=EXTRA_SPECIAL,
+    )
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 

@@ -7,8 +7,7 @@ from types import SimpleNamespace
 import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import word_level_tokenizer
-from pretrainlab.data.tokenizer import CLS, EOS, EXTRA_SPECIAL, MASK, PAD, SEP, SPECIAL_TOKENS
+from conftest import special_word_tokenizer
 from pretrainlab.evaluation.bookkeeping import (
     bookkeeping_metrics,
     encoder_decoder_parameters,
@@ -23,15 +22,7 @@ from pretrainlab.objectives.prefix import PrefixLM
 from pretrainlab.objectives.seq2seq import Seq2SeqLM
 from pretrainlab.objectives.span_corruption import compute_input_and_target_lengths
 
-TOK = word_level_tokenizer(
-    SPECIAL_TOKENS + [f"w{i}" for i in range(50)],
-    pad_token=PAD,
-    cls_token=CLS,
-    sep_token=SEP,
-    mask_token=MASK,
-    eos_token=EOS,
-    additional_special_tokens=EXTRA_SPECIAL,
-)
+TOK = special_word_tokenizer(50)
 D, L, FF = 32, 2, 64  # hidden size, layers, feed-forward width
 SIZE = SimpleNamespace(
     hidden_size=D, n_layers=L, n_heads=4, intermediate_size=FF, max_position_embeddings=64, dropout=0.0

@@ -7,8 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import word_level_tokenizer
-from pretrainlab.data.tokenizer import CLS, EOS, EXTRA_SPECIAL, MASK, PAD, SEP, SPECIAL_TOKENS
+from conftest import special_word_tokenizer
 from pretrainlab.evaluation.cloze import (
     MISSING,
     ClozeItem,
@@ -25,15 +24,7 @@ from pretrainlab.objectives.prefix import PrefixLM
 from pretrainlab.objectives.seq2seq import Seq2SeqLM
 from pretrainlab.objectives.span_corruption import sentinel_ids
 
-TOK = word_level_tokenizer(
-    SPECIAL_TOKENS + [f"w{i}" for i in range(40)],
-    pad_token=PAD,
-    cls_token=CLS,
-    sep_token=SEP,
-    mask_token=MASK,
-    eos_token=EOS,
-    additional_special_tokens=EXTRA_SPECIAL,
-)
+TOK = special_word_tokenizer(40)
 TEXT = TOK.convert_tokens_to_ids(
     [f"w{i}" for i in (3, 17, 8, 25, 11, 30, 2, 19, 7, 33, 14, 5, 28, 21, 9, 36)]
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,8 +110,17 @@ def test_a_token_budget_means_the_same_corpus_tokens_for_every_objective(compose
     from conftest import run_train
 
     budget = 300
-    metrics = run_train(compose_cfg(f"objective={objective}", f"trainer.max_tokens={budget}"))
+    # Validation every 2 steps, budget of 3 or 4 steps: the final state comes after the last
+    # validation during fit, and it is what the metrics and the export describe.
+    cfg = compose_cfg(
+        f"objective={objective}", f"trainer.max_tokens={budget}", "trainer.val_check_interval=2"
+    )
+    metrics = run_train(cfg)
     per_step = 4 * (compute_input_and_target_lengths(32, 0.15, 3.0)[0] if objective == "seq2seq" else 32)
     assert metrics["steps"] == -(-budget // per_step)  # ceil
     assert metrics["tokens_seen"] == metrics["steps"] * per_step
     assert budget <= metrics["tokens_seen"] < budget + per_step
+    curve = (Path(cfg.paths.output_dir) / "curve.csv").read_text().splitlines()
+    last_step, last_tokens, last_loss = curve[-1].split(",")
+    assert (int(last_step), int(last_tokens)) == (metrics["steps"], metrics["tokens_seen"])
+    assert float(last_loss) == pytest.approx(metrics["val/loss"])

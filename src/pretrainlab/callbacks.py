@@ -74,8 +74,9 @@ class ValidationCurve(pl.Callback):
         self.rows: dict[int, tuple[int, float]] = {}
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # During fit every validation; outside it (before and after fit) only a step not yet seen.
         fitting = trainer.state.fn == "fit"
-        if trainer.sanity_checking or not (fitting or trainer.global_step == 0):
+        if trainer.sanity_checking or not (fitting or trainer.global_step not in self.rows):
             return
         loss = trainer.callback_metrics.get("val/loss")
         if loss is None or not trainer.is_global_zero:

@@ -170,7 +170,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     last_train_loss = _float(trainer.callback_metrics.get("train/loss"))  # validate() resets these
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    final = trainer.validate(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
+    # The final weights are the result: every objective is judged after the same token budget
+    # (the best checkpoint by validation loss stays in checkpoints/).
+    final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
 
     throughput = next(c for c in callbacks if isinstance(c, TokenThroughput))
     curve = next(c for c in callbacks if isinstance(c, ValidationCurve))

@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from conftest import cli_args, run_cli
+from conftest import cli_args, run_cli, run_train
+from pretrainlab.config import ConfigError, validate
 
 KS = (1, 2, 4)
 
@@ -67,3 +68,22 @@ def test_eval_command_recomputes_the_same_numbers_and_merges_them(tiny_corpus, c
     bad = run_cli(["pretrainlab-eval", str(run), "trainer.max_steps=3"], cache_dir)
     assert bad.returncode != 0 and "trainer.max_steps" in bad.stderr
     shutil.rmtree(run)
+
+
+def test_probe_uses_a_labelled_file_from_data_probe(compose_cfg, tmp_path):
+    """data.probe.path replaces the built-in reviews: a file whose label is written in the text
+    itself is separable, so the probe does far better than chance on it."""
+    rows = ["text,label"]
+    for i in range(120):
+        label = i % 2
+        rows.append(f"{'好好好好' if label else '差差差差'}{i},{label}")
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    cfg = compose_cfg(
+        f"data.probe.path={labelled}", "evaluation.cloze=false", "evaluation.continuation=false"
+    )
+    metrics = run_train(cfg)
+    assert metrics["probe/accuracy"] >= 0.9
+    missing = compose_cfg(f"data.probe.path={tmp_path / 'none.csv'}")
+    with pytest.raises(ConfigError, match="^data.probe.path="):
+        validate(missing)

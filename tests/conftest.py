@@ -215,19 +215,16 @@ def trained_run_overrides(objective: str, *overrides: str) -> tuple[str, ...]:
 
 
 def special_word_tokenizer(n_words: int) -> PreTrainedTokenizerFast:
-    """Every pretrainlab special token (in the trained tokenizer's order and roles), then
-    the words w0 .. w{n_words - 1}."""
-    from pretrainlab.data.tokenizer import CLS, EOS, EXTRA_SPECIAL, MASK, PAD, SEP, SPECIAL_TOKENS
+    """Every pretrainlab special token, then the words w0 .. w{n_words - 1}, wrapped exactly
+    as the trained tokenizer is (``pretrainlab.data.tokenizer.wrap``: same roles)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
-    return word_level_tokenizer(
-        SPECIAL_TOKENS + [f"w{i}" for i in range(n_words)],
-        pad_token=PAD,
-        cls_token=CLS,
-        sep_token=SEP,
-        mask_token=MASK,
-        eos_token=EOS,
-        additional_special_tokens=EXTRA_SPECIAL,
-    )
+    from pretrainlab.data.tokenizer import SPECIAL_TOKENS, UNK, wrap
+
+    tokens = SPECIAL_TOKENS + [f"w{i}" for i in range(n_words)]
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return wrap(backend, model_max_length=512)
 
 
 # -- the command line ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from pretrainlab.objectives.blank_infilling import (
     IGNORE_INDEX,
     BlankInfillingCollator,
     GLMSample,
+    build_glm_attention_mask,
 )
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "</s>", "[sop]", "[eop]", "[gMASK]"]
@@ -272,6 +273,58 @@ def test_cached_and_uncached_decoding_agree(memorised, max_new_tokens, do_sample
     ]
     assert runs[0] == runs[1]
     assert all(len(span) <= max_new_tokens for span in runs[0])
+
+
+def reference_contrastive(model, part_a: list[int], alpha: float, k: int, steps: int) -> list[int]:
+    """Contrastive search spelt out: every candidate in its own full forward with the collator's mask.
+
+    Context states come from a separate run of A + B so far; ``[eop]`` is not special here.
+    """
+    pos = part_a.index(GMASK)
+    span: list[int] = []
+
+    def run(b_ids: list[int]):
+        ids = part_a + [SOP] + b_ids
+        n_a, n = len(part_a), len(ids)
+        out = model(
+            input_ids=torch.tensor([ids]),
+            attention_mask=build_glm_attention_mask(torch.tensor([n_a]), torch.tensor([n]), n),
+            position_ids=torch.tensor([list(range(n_a)) + [pos] * (n - n_a)]),
+            block_position_ids=torch.tensor([[0] * n_a + list(range(1, n - n_a + 1))]),
+            output_hidden_states=True,
+        )
+        return out.logits[0, -1], out.hidden_states[-1][0]  # (V,), (n, H)
+
+    for _ in range(steps):
+        logits, context = run(span)
+        probs, ids = logits.softmax(-1).topk(k)
+        scores = []
+        for p, v in zip(probs.tolist(), ids.tolist(), strict=True):
+            h_v = run(span + [v])[1][-1]
+            penalty = F.cosine_similarity(h_v[None], context).max().item()
+            scores.append((1 - alpha) * p - alpha * penalty)
+        span.append(ids[max(range(k), key=scores.__getitem__)].item())
+    return span
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_contrastive_search_matches_a_spelt_out_reference(use_cache):
+    model = tiny_glm(seed=1)
+    part_a = TEXT[:6] + [GMASK]
+    out = fill_blanks(model, TOK, part_a, 6, penalty_alpha=0.6, top_k=4, use_cache=use_cache)
+    expected = reference_contrastive(model, part_a, alpha=0.6, k=4, steps=6)
+    n = len(out[0])  # a random model may emit [eop] early: compare up to it
+    assert out[0] == expected[:n] and (n == 6 or expected[n] == EOP)
+    greedy = fill_blanks(model, TOK, part_a, 6)
+    assert out != greedy  # the penalty changed at least one choice on this model
+
+
+def test_contrastive_search_with_alpha_zero_is_greedy(memorised):
+    config = GenerationConfig(penalty_alpha=0.0, top_k=4, max_new_tokens=8)
+    assert fill_blanks(memorised, TOK, TWO_BLANKS.part_a, generation_config=config) == TWO_BLANKS.spans
+    config = GenerationConfig(penalty_alpha=1e-9, top_k=4, max_new_tokens=8)  # contrastive mode, ~greedy
+    assert fill_blanks(memorised, TOK, TWO_BLANKS.part_a, generation_config=config) == TWO_BLANKS.spans
 
 
 def test_sampling_with_top_k_one_is_greedy(memorised):

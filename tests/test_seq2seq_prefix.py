@@ -60,7 +60,6 @@ def test_prefix_batches_have_glm_inputs_and_loss_only_on_part_b(compose_cfg):
         (("objective=prefix", "objective.span_poisson_lambda=0"), "objective.span_poisson_lambda"),
         (("objective=seq2seq", "model.family=llama"), "model.family"),
         (("objective=prefix", "decoding=beam"), "decoding.num_beams"),
-        (("objective=prefix", "decoding=contrastive"), "decoding.penalty_alpha"),
         (("objective=causal", "decoding=beam", "decoding.num_beams=1"), "decoding"),
         (("objective=causal", "decoding=top_p", "decoding.top_p=1.5"), "decoding.top_p"),
         (("objective=causal", "decoding=sampling", "decoding.temperature=0"), "decoding.temperature"),

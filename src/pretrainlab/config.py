@@ -279,15 +279,10 @@ def _check_decoding(cfg: DictConfig) -> None:
         lines = [line.lstrip("- ") for line in str(err).splitlines() if line.startswith("- ")]
         reason = lines[0] if lines else str(err).strip().splitlines()[0]
         raise ConfigError(f"decoding={decoding.get('name')}: {reason}") from err
-    if cfg.objective.name == "prefix" and (settings.get("penalty_alpha") or 0) > 0:
-        raise ConfigError(
-            f"decoding.penalty_alpha={settings['penalty_alpha']}: the prefix (GLM) decoder has no "
-            "contrastive search; use greedy, sampling, top_k, top_p or min_p"
-        )
     if cfg.objective.name == "prefix" and (settings.get("num_beams") or 1) > 1:
         raise ConfigError(
             f"decoding.num_beams={settings['num_beams']}: the prefix (GLM) decoder has no beam search; "
-            "use greedy, sampling, top_k, top_p or min_p"
+            "use greedy, sampling, top_k, top_p, min_p or contrastive"
         )
 
 

@@ -34,7 +34,13 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 from transformers.generation.configuration_utils import GenerationMode
 from transformers.modeling_outputs import BaseModelOutput
 
-__all__ = ["contrastive_generate", "generate_with", "is_contrastive", "validate_strict"]
+__all__ = [
+    "contrastive_generate",
+    "degeneration_penalty",
+    "generate_with",
+    "is_contrastive",
+    "validate_strict",
+]
 
 
 def is_contrastive(generation_config: GenerationConfig) -> bool:
@@ -182,11 +188,7 @@ def _contrastive_search(
         cand_hidden = cand_hidden.view(batch, k, *cand_hidden.shape[1:])  # (B, k, T+1, H)
 
         # Degeneration penalty: max cosine similarity to every earlier real token.
-        h_v = F.normalize(cand_hidden[:, :, -1].float(), dim=-1)  # (B, k, H)
-        h_ctx = F.normalize(hidden.float(), dim=-1)  # (B, T, H)
-        cosine = h_v @ h_ctx.transpose(1, 2)  # (B, k, T)
-        cosine = cosine.masked_fill(mask[:, None, :] == 0, -1.0)  # padding never counts
-        penalty = cosine.max(dim=-1).values  # (B, k)
+        penalty = degeneration_penalty(cand_hidden[:, :, -1], hidden, mask)  # (B, k)
         contrastive_score = (1.0 - alpha) * top_probs - alpha * penalty  # (B, k)
         best = contrastive_score.argmax(dim=-1)  # (B,)
 
@@ -201,6 +203,23 @@ def _contrastive_search(
         unfinished &= ~torch.isin(next_tokens, eos_ids)
         unfinished &= ~stopping_criteria(seq, scores)
     return seq
+
+
+def degeneration_penalty(
+    candidates: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Contrastive search's penalty: each candidate's highest cosine similarity to the context.
+
+    Shared by the ``generate`` path here and the GLM decoder (models/glm.py), so that both score
+    candidates identically. ``candidates`` (B, k, H) and ``context`` (B, T, H) are last-layer
+    states; positions where ``context_mask`` (B, T) is 0 (padding) never count. Returns (B, k).
+    """
+    h_v = F.normalize(candidates.float(), dim=-1)  # (B, k, H)
+    h_ctx = F.normalize(context.float(), dim=-1)  # (B, T, H)
+    cosine = h_v @ h_ctx.transpose(1, 2)  # (B, k, T)
+    if context_mask is not None:
+        cosine = cosine.masked_fill(context_mask[:, None, :] == 0, -1.0)
+    return cosine.max(dim=-1).values  # (B, k)
 
 
 class _Encoder(NamedTuple):

@@ -13,7 +13,9 @@ adds what GLM needs on top of it:
 
 ``generate()`` refuses 4D masks, so decoding is a small hand-written loop
 (``fill_blanks`` / ``continue_prefix``) that prefills part A into a cache and
-decodes one token at a time, with transformers' logits processors.
+decodes one token at a time, with transformers' logits processors. It covers
+greedy, sampling (temperature, top-k, top-p, min-p) and contrastive search;
+beam search is not implemented.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from transformers.generation.logits_process import (
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from pretrainlab.generation.contrastive import degeneration_penalty, is_contrastive
 from pretrainlab.objectives.blank_infilling import (
     EOP_TOKEN,
     GMASK_TOKEN,
@@ -287,7 +290,12 @@ def _choose(
 
 
 class _Decoder:
-    """Shared state of one decoding call (A, B so far, settings)."""
+    """Shared state of one decoding call (A, B so far, settings).
+
+    Two interchangeable model runners: the cached one (part A prefilled once,
+    then one token per call) and an uncached reference that recomputes A + B
+    with the collator's 4D mask; tests check that they decode alike.
+    """
 
     def __init__(
         self,
@@ -297,6 +305,7 @@ class _Decoder:
         eop_id: int,
         config: GenerationConfig,
         generator: torch.Generator | None,
+        use_cache: bool,
     ) -> None:
         self.model = model
         self.device = model.device
@@ -307,9 +316,15 @@ class _Decoder:
         self.do_sample = bool(config.do_sample)
         self.processors = build_logits_processors(config)
         self.generator = generator
+        self.use_cache = use_cache
+        self.contrastive = is_contrastive(config)
+        self.penalty_alpha = float(config.penalty_alpha or 0.0)
+        self.top_k = int(config.top_k or 1)
         # part B fed so far: (token, position id, block position id)
         self.b_tokens: list[tuple[int, int, int]] = []
         self.cache: Cache | None = None
+        # last-layer states of every token fed so far (A, then B), for contrastive search
+        self.hidden = torch.empty(0, model.config.backbone.hidden_size, device=self.device)  # (n, H)
         if self.max_new + 1 >= model.config.max_block_positions:
             raise ValueError(
                 f"max_new_tokens must be < max_block_positions - 1 ({model.config.max_block_positions})"
@@ -320,37 +335,55 @@ class _Decoder:
         ids = self.part_a + [t for t, _, _ in self.b_tokens]
         return torch.tensor([ids], device=self.device)
 
-    def fill(self, mask_positions: list[int], use_cache: bool) -> list[list[int]]:
+    def fill(self, mask_positions: list[int]) -> list[list[int]]:
         """Decode one span per blank, left to right; later blanks see earlier ones."""
-        step = self._cached_step if use_cache else self._full_step
-        if use_cache:
+        if self.use_cache:
             self._prefill()
         spans: list[list[int]] = []
         for j, pos in enumerate(mask_positions):
-            span, pending = self._decode_span(step, pos)
+            span, pending = self._decode_span(pos)
             spans.append(span)
             if pending is not None and j + 1 < len(mask_positions):
-                step(*pending)  # feed the truncated span's last token for later blanks
+                self._step(*pending)  # feed the truncated span's last token for later blanks
         return spans
 
-    def _decode_span(self, step: Any, pos: int) -> tuple[list[int], tuple | None]:
+    def _decode_span(self, pos: int) -> tuple[list[int], tuple | None]:
         """Decode from [sop] until [eop] or max_new tokens; return span + unfed token."""
         span: list[int] = []
         last = self.sop_id
         for block in range(1, self.max_new + 1):
-            logits = step(last, pos, block)  # (1, V)
-            tok = _choose(logits, self.context(), self.processors, self.do_sample, self.generator)
+            logits = self._step(last, pos, block)  # (1, V)
+            if self.contrastive:
+                tok = self._contrastive_choice(logits, pos, block + 1)
+            else:
+                tok = _choose(logits, self.context(), self.processors, self.do_sample, self.generator)
             if tok == self.eop_id:
                 return span, None
             span.append(tok)
             last = tok
         return span, (last, pos, self.max_new + 1)
 
+    def _contrastive_choice(self, logits: Tensor, pos: int, block: int) -> int:
+        """Contrastive search's pick (see generation.contrastive) among the top-k next tokens.
+
+        Every candidate is run once, at (pos, block), seeing A and B so far but
+        not the other candidates; its state is compared with those of all tokens
+        fed so far. The winner is fed again by the next ``_step``.
+        """
+        scores = self.processors(self.context(), logits.float())  # (1, V)
+        top_probs, top_ids = scores.softmax(-1).topk(self.top_k, dim=-1)  # (1, k), (1, k)
+        cand_hidden = self._candidate_states(top_ids[0], pos, block)  # (k, H)
+        penalty = degeneration_penalty(cand_hidden[None], self.hidden[None])  # (1, k)
+        contrastive_score = (1.0 - self.penalty_alpha) * top_probs - self.penalty_alpha * penalty  # (1, k)
+        return int(top_ids[0, contrastive_score[0].argmax()])
+
+    # ----------------------------------------------------------------- model runners
+
     def _prefill(self) -> None:
         """Run part A once, bidirectionally, into a fresh DynamicCache."""
         n = len(self.part_a)
         self.cache = DynamicCache(config=self.model.config.backbone)
-        self.model(
+        out = self.model(
             input_ids=torch.tensor([self.part_a], device=self.device),
             attention_mask=torch.ones(1, 1, n, n, dtype=torch.bool, device=self.device),
             position_ids=torch.arange(n, device=self.device).unsqueeze(0),
@@ -358,38 +391,94 @@ class _Decoder:
             cache=self.cache,
             use_cache=True,
             logits_to_keep=1,
+            output_hidden_states=self.contrastive,
         )
+        if self.contrastive:
+            self.hidden = out.hidden_states[-1][0]  # (n, H)
 
-    def _cached_step(self, token: int, pos: int, block: int) -> Tensor:
-        """Feed one B token; it sees all of A and all earlier B tokens."""
+    def _step(self, token: int, pos: int, block: int) -> Tensor:
+        """Feed one B token and return the next-token logits (1, V).
+
+        Cached: the token sees all of A and all earlier B tokens through the
+        cache. Uncached: A + B are recomputed with the collator's 4D mask.
+        """
         self.b_tokens.append((token, pos, block))
-        n_keys = len(self.part_a) + len(self.b_tokens)
-        out = self.model(
-            input_ids=torch.tensor([[token]], device=self.device),
-            attention_mask=torch.ones(1, 1, 1, n_keys, dtype=torch.bool, device=self.device),
-            position_ids=torch.tensor([[pos]], device=self.device),
-            block_position_ids=torch.tensor([[block]], device=self.device),
-            cache=self.cache,
-            use_cache=True,
-        )
+        if self.use_cache:
+            n_keys = len(self.part_a) + len(self.b_tokens)
+            out = self.model(
+                input_ids=torch.tensor([[token]], device=self.device),
+                attention_mask=torch.ones(1, 1, 1, n_keys, dtype=torch.bool, device=self.device),
+                position_ids=torch.tensor([[pos]], device=self.device),
+                block_position_ids=torch.tensor([[block]], device=self.device),
+                cache=self.cache,
+                use_cache=True,
+                output_hidden_states=self.contrastive,
+            )
+            if self.contrastive:
+                self.hidden = torch.cat([self.hidden, out.hidden_states[-1][0]])  # (n, H)
+            return out.logits[:, -1]  # (1, V)
+        out = self._full_forward(self._full_inputs(), self._full_mask(extra=0), keep=1)
+        if self.contrastive:
+            self.hidden = out.hidden_states[-1][0]  # (n, H): A's states do not depend on B
         return out.logits[:, -1]  # (1, V)
 
-    def _full_step(self, token: int, pos: int, block: int) -> Tensor:
-        """Uncached reference: recompute A + B with the collator's 4D mask."""
-        self.b_tokens.append((token, pos, block))
-        n_a, n = len(self.part_a), len(self.part_a) + len(self.b_tokens)
+    def _candidate_states(self, candidates: Tensor, pos: int, block: int) -> Tensor:
+        """Last-layer states (k, H) of k candidate next tokens, each placed at (pos, block).
+
+        All k go through the model in one call as k extra tokens that see the
+        context (A + B so far) and themselves only; the cache is cropped back
+        afterwards, so the candidates leave no trace.
+        """
+        k = len(candidates)
+        if self.use_cache:
+            n_keys = len(self.part_a) + len(self.b_tokens)
+            mask = torch.zeros(1, 1, k, n_keys + k, dtype=torch.bool, device=self.device)
+            mask[..., :n_keys] = True
+            mask[0, 0, torch.arange(k), n_keys + torch.arange(k)] = True
+            out = self.model(
+                input_ids=candidates[None].to(self.device),
+                attention_mask=mask,
+                position_ids=torch.full((1, k), pos, device=self.device),
+                block_position_ids=torch.full((1, k), block, device=self.device),
+                cache=self.cache,
+                use_cache=True,
+                output_hidden_states=True,
+            )
+            self.cache.crop(-k)
+            return out.hidden_states[-1][0]  # (k, H)
+        ids, positions, blocks = self._full_inputs()
+        extended = (ids + candidates.tolist(), positions + [pos] * k, blocks + [block] * k)
+        out = self._full_forward(extended, self._full_mask(extra=k), keep=0)
+        return out.hidden_states[-1][0, -k:]  # (k, H)
+
+    def _full_inputs(self) -> tuple[list[int], list[int], list[int]]:
+        """Token, position and block-position ids of A + B, as the collator lays them out."""
         ids = self.part_a + [t for t, _, _ in self.b_tokens]
-        positions = list(range(n_a)) + [p for _, p, _ in self.b_tokens]
-        blocks = [0] * n_a + [b for _, _, b in self.b_tokens]
-        mask = build_glm_attention_mask(torch.tensor([n_a]), torch.tensor([n]), n)  # (1, T, T)
-        out = self.model(
+        positions = list(range(len(self.part_a))) + [p for _, p, _ in self.b_tokens]
+        blocks = [0] * len(self.part_a) + [b for _, _, b in self.b_tokens]
+        return ids, positions, blocks
+
+    def _full_mask(self, extra: int) -> Tensor:
+        """The collator's (1, T, T) mask for A + B, plus ``extra`` rows that see A + B and themselves."""
+        n_a, n = len(self.part_a), len(self.part_a) + len(self.b_tokens)
+        base = build_glm_attention_mask(torch.tensor([n_a]), torch.tensor([n]), n)  # (1, n, n)
+        mask = torch.zeros(1, n + extra, n + extra, dtype=torch.bool)
+        mask[:, :n, :n] = base
+        mask[:, n:, :n] = True
+        mask[0, n + torch.arange(extra), n + torch.arange(extra)] = True
+        return mask
+
+    def _full_forward(self, inputs: tuple[list[int], list[int], list[int]], mask: Tensor, keep: int) -> Any:
+        """One uncached forward over explicit (ids, positions, blocks)."""
+        ids, positions, blocks = inputs
+        return self.model(
             input_ids=torch.tensor([ids], device=self.device),
             attention_mask=mask.to(self.device),
             position_ids=torch.tensor([positions], device=self.device),
             block_position_ids=torch.tensor([blocks], device=self.device),
-            logits_to_keep=1,
+            logits_to_keep=keep,
+            output_hidden_states=self.contrastive,
         )
-        return out.logits[:, -1]  # (1, V)
 
 
 def _token_id(tokenizer: Any, token: str) -> int:
@@ -419,7 +508,8 @@ def fill_blanks(
     ``max_new_tokens``. Later blanks attend to earlier filled spans, exactly
     as spans in part B do during training. ``decoding`` overrides
     ``generation_config`` fields (do_sample, temperature, top_k, top_p, min_p,
-    repetition_penalty). ``use_cache=False`` runs the slow reference loop.
+    repetition_penalty, penalty_alpha: contrastive search as in ``generate``).
+    ``use_cache=False`` runs the slow reference loop.
     Returns one token list per blank, in text order.
     """
     config = _resolve_generation_config(generation_config, max_new_tokens, decoding)
@@ -435,11 +525,12 @@ def fill_blanks(
         _token_id(tokenizer, EOP_TOKEN),
         config,
         generator,
+        use_cache,
     )
     was_training = model.training
     model.eval()
     try:
-        return decoder.fill(mask_positions, use_cache)
+        return decoder.fill(mask_positions)
     finally:
         model.train(was_training)
 

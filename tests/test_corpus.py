@@ -79,6 +79,19 @@ def test_files_txt_one_document_per_non_empty_line(tmp_path: Path) -> None:
     assert load(tmp_path, path=str(path), text_column="content") == NON_EMPTY
 
 
+def test_lines_that_are_not_utf8_are_skipped_and_counted_up_to_a_share(tmp_path: Path, caplog) -> None:
+    good = [f"第{i}行，完全正常的文本。" for i in range(199)]
+    path = tmp_path / "mixed.txt"
+    lines = [d.encode("utf-8") for d in good]
+    lines.insert(50, "这一行是GBK编码".encode("gb18030"))  # 1 of 200 lines (0.5%)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with caplog.at_level("WARNING", logger="pretrainlab.data.corpus"):
+        assert load(tmp_path, path=str(path), max_bad_line_fraction=0.01) == good
+    assert "skipped 1 lines that are not UTF-8" in caplog.text
+    with pytest.raises(ConfigError, match=r"^data.path=\S+mixed.txt: 1 of 200 lines are not UTF-8"):
+        load(tmp_path, path=str(path), max_bad_line_fraction=0.0)
+
+
 def test_files_jsonl_reads_text_column(tmp_path: Path) -> None:
     path = tmp_path / "c.jsonl"
     rows = [{"id": i, "content": d, "text": f"not this {i}"} for i, d in enumerate(DOCS)]

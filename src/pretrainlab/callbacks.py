@@ -8,6 +8,42 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+
+
+class TrainingFailure(RuntimeError):
+    """A run that cannot go on, for a reason the user can act on: its message is one line."""
+
+
+class NonFiniteLossError(TrainingFailure):
+    """The training loss became NaN or infinite."""
+
+
+class StopOnNonFiniteLoss(pl.Callback):
+    """Stop at the first NaN/inf training loss, before it reaches the weights.
+
+    The check runs just before ``backward``, so no update is made from the bad loss; the
+    exception ends ``fit`` before any further checkpoint is written, so ``checkpoints/last.ckpt``
+    stays the last good state. All ranks stop together (the decision is reduced across them).
+    """
+
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
+    ) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if not trainer.strategy.reduce_boolean_decision(bad, all=False):
+            return
+        callback = trainer.checkpoint_callback
+        last = Path(callback.last_model_path) if callback is not None and callback.last_model_path else None
+        kept = (
+            f"the last good checkpoint is {last}"
+            if last is not None and last.is_file()
+            else "no checkpoint had been saved yet"
+        )
+        raise NonFiniteLossError(
+            f"train/loss became {float(loss.detach()):g} at step {trainer.global_step}: training stopped, "
+            f"{kept} (try a lower optimizer.optimizer.lr, longer warm-up or trainer.precision=32-true)"
+        )
 
 
 class TokenThroughput(pl.Callback):

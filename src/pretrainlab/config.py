@@ -9,6 +9,7 @@ Hydra composes the config, not halfway through a run. Checks that need more than
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,10 @@ class ProbeDataConfig:
     test_fraction: float = 0.2
 
 
+# The default of data.max_bad_line_fraction (also for configs saved before the key existed).
+BAD_LINE_FRACTION = 0.01
+
+
 @dataclass
 class DataConfig:
     source: str = "sample_zh"
@@ -97,6 +102,8 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 0
     max_documents: int | None = None
+    # Share of .txt lines that may be skipped for not being UTF-8 before that is an error.
+    max_bad_line_fraction: float = BAD_LINE_FRACTION
     probe: ProbeDataConfig = field(default_factory=ProbeDataConfig)
 
 
@@ -187,6 +194,8 @@ def validate(cfg: DictConfig) -> None:
     from pretrainlab.models.backbones import check_family
 
     obj, data, model = cfg.objective, cfg.data, cfg.model
+    if not isinstance(cfg.get("offline", True), bool):
+        raise ConfigError(f"offline={cfg.offline}: must be true or false")
     if obj.name in ("masked", "seq2seq", "prefix"):
         _check_fraction(obj.mask_probability, "objective.mask_probability")
     if obj.name == "masked":
@@ -236,18 +245,64 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.val_fraction={data.val_fraction}: must be in (0, 0.5]")
     if data.probe.path is not None and not Path(data.probe.path).expanduser().is_file():
         raise ConfigError(f"data.probe.path={data.probe.path}: no such file")
+    bad_line_fraction = data.get("max_bad_line_fraction", BAD_LINE_FRACTION)
+    if not 0.0 <= bad_line_fraction < 1.0:
+        raise ConfigError(f"data.max_bad_line_fraction={bad_line_fraction}: must be in [0, 1)")
     if data.max_documents is not None and data.max_documents <= 1:
         raise ConfigError(f"data.max_documents={data.max_documents}: must be at least 2")
     if cfg.optimizer.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.optimizer.lr={cfg.optimizer.optimizer.lr}: must be positive")
     if cfg.trainer.max_steps <= 0 and cfg.trainer.max_tokens is None:
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: must be positive")
+    _check_strategy(cfg.trainer)
+    _check_devices(cfg.trainer)
     if cfg.tokenizer.pretrained is None and cfg.tokenizer.vocab_size < 100:
         raise ConfigError(f"tokenizer.vocab_size={cfg.tokenizer.vocab_size}: must be at least 100")
     if model.pretrained is not None:
         _check_pretrained_path(model.pretrained, "model.pretrained")
     if cfg.tokenizer.pretrained is not None:
         _check_pretrained_path(cfg.tokenizer.pretrained, "tokenizer.pretrained")
+
+
+def available_devices(accelerator: str) -> tuple[int, str]:
+    """How many devices of this kind the machine has, and what to call them in a message."""
+    import torch
+
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.cuda.device_count(), "GPUs are visible"
+    if accelerator == "mps":
+        return int(torch.backends.mps.is_available()), "MPS devices are available"
+    return os.cpu_count() or 1, "CPU cores are available"
+
+
+def _check_strategy(trainer: DictConfig) -> None:
+    """FSDP cannot run on CPU (torch refuses it when wrapping the model): say so up front."""
+    strategy = trainer.strategy
+    name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy)
+    if "fsdp" in name.lower() and trainer.accelerator == "cpu":
+        raise ConfigError(
+            "trainer.strategy: FSDP needs GPUs (torch's FSDP has no CPU support); on CPU use trainer=ddp"
+        )
+
+
+def _check_devices(trainer: DictConfig) -> None:
+    """``trainer.devices`` as a count (an int, or -1 for all): no more than the machine has.
+
+    On CPU a device is a process, so more processes than cores would only thrash. Lists of
+    device indices and "auto" are left to Lightning.
+    """
+    devices = trainer.devices
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if not isinstance(devices, int) or devices == -1:
+        return
+    if devices < 1:
+        raise ConfigError(f"trainer.devices={devices}: must be at least 1 (or -1 for all)")
+    available, what = available_devices(str(trainer.accelerator))
+    if devices > available:
+        raise ConfigError(
+            f"trainer.devices={devices}: only {available} {what} (trainer.accelerator={trainer.accelerator})"
+        )
 
 
 def _check_decoding(cfg: DictConfig) -> None:

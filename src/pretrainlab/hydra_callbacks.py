@@ -45,6 +45,10 @@ class RunDirGuard(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from pretrainlab.distributed import is_rank_zero
+
+        if not is_rank_zero():  # another rank of a DDP/FSDP run: rank 0 checked this folder
+            return
         if config.get("resume") is not None:
             self._check_resume(config)
             return

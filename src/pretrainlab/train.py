@@ -25,12 +25,15 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pretrainlab import config_dir
-from pretrainlab.callbacks import TokenThroughput, ValidationCurve
+from pretrainlab.callbacks import TokenThroughput, TrainingFailure, ValidationCurve
+from pretrainlab.checkpoint_io import AtomicCheckpointIO
 from pretrainlab.config import ConfigError, validate
 from pretrainlab.data.datamodule import PretrainDataModule
 from pretrainlab.data.sampling import SeededCollator
+from pretrainlab.distributed import is_rank_zero, launch_scope
 from pretrainlab.evaluate import evaluate_module
 from pretrainlab.evaluation.bookkeeping import bookkeeping_metrics, seq2seq_token_counts
+from pretrainlab.network import apply_offline
 from pretrainlab.objectives.base import PretrainingObjective
 from pretrainlab.utils import print_config_tree, write_json_atomic
 
@@ -69,6 +72,8 @@ def build_objective(cfg: DictConfig, datamodule: PretrainDataModule) -> Pretrain
 def trainer_settings(cfg: DictConfig, tokens_per_step: float) -> dict[str, Any]:
     """Trainer keyword arguments; a token budget (``trainer.max_tokens``) decides max_steps."""
     settings = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if isinstance(settings["strategy"], dict):  # a strategy object, e.g. trainer=ddp's
+        settings["strategy"] = instantiate(cfg.trainer.strategy)
     max_tokens = settings.pop("max_tokens")
     if max_tokens is not None:
         settings["max_steps"] = max(1, math.ceil(max_tokens / tokens_per_step))
@@ -86,11 +91,36 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     """The configured loggers; a W&B run is named after the job and grouped by its sweep."""
     loggers = []
     for name, logger_cfg in cfg.logger.items():
-        extra = wandb_identity(cfg) if name == "wandb" else {}
-        loggers.append(
-            instantiate(logger_cfg, **{k: v for k, v in extra.items() if logger_cfg.get(k) is None})
-        )
+        if name == "wandb":
+            identity = {k: v for k, v in wandb_identity(cfg).items() if logger_cfg.get(k) is None}
+            loggers.append(start_wandb(logger_cfg, identity))
+        else:
+            loggers.append(instantiate(logger_cfg))
     return loggers
+
+
+def start_wandb(logger_cfg: DictConfig, identity: dict[str, Any]) -> Any:
+    """A W&B logger that cannot kill the run: online mode that fails to start falls back to offline.
+
+    The run is started here, not at the first metric, so that a missing login or network shows
+    up before training, as a warning, and the job (and the sweep around it) goes on with an
+    offline run that ``wandb sync`` can upload later.
+    """
+    logger = instantiate(logger_cfg, **identity)
+    if logger_cfg.get("mode") in ("offline", "disabled"):
+        return logger
+    try:
+        logger.experiment  # noqa: B018 - starts the W&B run (rank 0 only)
+    except Exception as err:  # noqa: BLE001 - W&B raises many kinds (CommError, UsageError, timeouts)
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        log.warning(
+            "W&B could not start online (%s: %s); logging offline instead (upload later with wandb sync)",
+            type(err).__name__,
+            first_line,
+        )
+        _finish_wandb()
+        logger = instantiate(logger_cfg, **{**identity, "mode": "offline"})
+    return logger
 
 
 def wandb_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -119,7 +149,7 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
 
 
 def _checkpoint_step(ckpt: str) -> int:
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
 
 
 def _world(cfg: DictConfig) -> int:
@@ -135,8 +165,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """One run: every failure of user input is raised as ConfigError before training starts."""
     started = time.perf_counter()
     validate(cfg)
+    apply_offline(cfg.get("offline", True))  # configs saved before the key existed: offline
     out = Path(cfg.paths.output_dir)
-    print_config_tree(cfg, out / "config_tree.log")
+    if is_rank_zero():
+        print_config_tree(cfg, out / "config_tree.log")
     pl.seed_everything(cfg.seed, workers=True)
     objective_cls: type[PretrainingObjective] = get_class(cfg.objective._target_)
 
@@ -153,26 +185,33 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         * cfg.trainer.accumulate_grad_batches
         * _world(cfg)
     )
-    settings = trainer_settings(cfg, tokens_per_step)
-    trainer = pl.Trainer(**settings, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    with launch_scope():  # DDP/FSDP ranks live as long as this block
+        settings = trainer_settings(cfg, tokens_per_step)
+        trainer = pl.Trainer(
+            **settings,
+            callbacks=callbacks,
+            logger=loggers or False,
+            default_root_dir=str(out),
+            plugins=[AtomicCheckpointIO()],
+        )
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    resume_from = resume_checkpoint(cfg)
-    batches_per_step = cfg.trainer.accumulate_grad_batches
-    datamodule.plan_stream(
-        cfg.seed,
-        total_batches=settings["max_steps"] * batches_per_step,
-        start_batch=_checkpoint_step(resume_from) * batches_per_step if resume_from else 0,
-    )
-    if resume_from is None:  # a resumed run has its initial validation in its restored curve
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    last_train_loss = _float(trainer.callback_metrics.get("train/loss"))  # validate() resets these
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    # The final weights are the result: every objective is judged after the same token budget
-    # (the best checkpoint by validation loss stays in checkpoints/).
-    final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        resume_from = resume_checkpoint(cfg)
+        batches_per_step = cfg.trainer.accumulate_grad_batches
+        datamodule.plan_stream(
+            cfg.seed,
+            total_batches=settings["max_steps"] * batches_per_step,
+            start_batch=_checkpoint_step(resume_from) * batches_per_step if resume_from else 0,
+        )
+        if resume_from is None:  # a resumed run has its initial validation in its restored curve
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        last_train_loss = _float(trainer.callback_metrics.get("train/loss"))  # validate() resets these
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        # The final weights are the result: every objective is judged after the same token budget
+        # (the best checkpoint by validation loss stays in checkpoints/).
+        final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
 
     throughput = next(c for c in callbacks if isinstance(c, TokenThroughput))
     curve = next(c for c in callbacks if isinstance(c, ValidationCurve))
@@ -214,6 +253,8 @@ def bookkeeping(cfg: DictConfig, module: PretrainingObjective, tokens: int) -> d
 
 def _record_failure(cfg: DictConfig, err: BaseException) -> None:
     """Leave the error in the run folder, so a sweep's report shows the job as failed."""
+    if not is_rank_zero():
+        return
     try:
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -237,15 +278,16 @@ def _in_multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float:
-    """Run one job. Bad input exits with one line naming the key or file and no traceback;
-    in a sweep a failing job records its error and raises, so the sweep goes on to the others."""
+    """Run one job. Bad input exits (status 2) with one line naming the key or file and no
+    traceback, a failure the user can act on (NaN loss) with one line and status 1; in a sweep
+    a failing job records its error and raises, so the sweep goes on to the others."""
     try:
         metrics = train(cfg)
     except Exception as err:
         _record_failure(cfg, err)
-        if isinstance(err, ConfigError) and not _in_multirun():
+        if isinstance(err, ConfigError | TrainingFailure) and not _in_multirun():
             print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(2 if isinstance(err, ConfigError) else 1)
         raise
     finally:
         _finish_wandb()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,35 @@ def write_text_atomic(path: Path, text: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def write_dir_atomic(target: Path, write: Callable[[Path], None], *, replace: bool = False) -> None:
+    """Fill a folder under a temporary name next to ``target``, then rename it into place.
+
+    A crash or kill at any point leaves either no ``target`` or a complete one, never half of
+    one. ``replace=False`` (caches): a ``target`` that appeared meanwhile, written by a
+    concurrent job, is kept. ``replace=True`` (exports): an existing ``target`` is moved aside
+    and deleted only once the new one is in place.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide an export from the user's group
+    old: Path | None = None
+    try:
+        write(tmp)
+        if replace and target.exists():
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-old-"))
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except OSError:
+        if replace or not target.exists():  # a concurrent job may have won the race; its copy is as good
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

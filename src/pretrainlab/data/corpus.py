@@ -7,13 +7,17 @@ cache under the pretrainlab cache folder).
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import datasets
 
-from pretrainlab.config import ConfigError
+from pretrainlab.config import BAD_LINE_FRACTION, ConfigError
+from pretrainlab.network import offline_hint
+
+log = logging.getLogger(__name__)
 
 TEXT = "text"
 # Suffixes `datasets.load_dataset` reads with a builder of that name.
@@ -62,26 +66,78 @@ def _files_builder(path: Path) -> tuple[str, list[str]]:
     return FILE_BUILDERS[path.suffix], [str(path)]
 
 
-def load_files(path_value: str, text_column: str, cache_dir: Path) -> datasets.Dataset:
-    """A local corpus: a file, a folder of files, or a ``Dataset.save_to_disk`` folder."""
+def count_undecodable_lines(files: list[str]) -> tuple[int, int]:
+    """(lines that are not valid UTF-8, all lines) over text files.
+
+    Whole files are tried first, so a clean corpus costs one decode per file.
+    """
+    bad = total = 0
+    for name in files:
+        raw = Path(name).read_bytes()
+        lines = raw.splitlines()
+        total += len(lines)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            bad += sum(1 for line in lines if not _is_utf8(line))
+    return bad, total
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def load_files(
+    path_value: str, text_column: str, cache_dir: Path, max_bad_line_fraction: float = BAD_LINE_FRACTION
+) -> datasets.Dataset:
+    """A local corpus: a file, a folder of files, or a ``Dataset.save_to_disk`` folder.
+
+    Lines of .txt files that are not UTF-8 are skipped and counted (a warning says how many);
+    more than ``max_bad_line_fraction`` of them is an error, since the corpus is then most
+    likely in another encoding.
+    """
     path = Path(path_value).expanduser()
     if not path.exists():
         raise ConfigError(f"data.path={path_value}: no such file or directory")
+    bad_lines = 0
     if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
         loaded = datasets.load_from_disk(str(path))
         ds = loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
     else:
         builder, files = _files_builder(path)
+        if all(Path(f).stat().st_size == 0 for f in files):
+            raise ConfigError(f"data.path={path_value}: the corpus is empty (no bytes in its files)")
+        options: dict[str, Any] = {}
         if builder == "text":
             # A text file has one column, `text`, whatever data.text_column says.
             text_column = TEXT
+            bad_lines, total = count_undecodable_lines(files)
+            if bad_lines > max_bad_line_fraction * total:
+                raise ConfigError(
+                    f"data.path={path_value}: {bad_lines} of {total} lines are not UTF-8, more than "
+                    f"data.max_bad_line_fraction={max_bad_line_fraction} (convert the file, e.g. "
+                    "iconv -f GB18030 -t UTF-8, or raise the fraction to skip them)"
+                )
+            if bad_lines:
+                options["encoding_errors"] = "replace"
         try:
-            ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=str(cache_dir))
+            ds = datasets.load_dataset(
+                builder, data_files=files, split="train", cache_dir=str(cache_dir), **options
+            )
         # An empty or malformed file surfaces as any of these, depending on the builder.
         except (ValueError, StopIteration, datasets.exceptions.DatasetGenerationError) as err:
             raise ConfigError(
                 f"data.path={path_value}: could not be read ({err.__class__.__name__})"
             ) from err
+    if bad_lines:
+        # Decoded with replacement characters: those lines are exactly the ones holding U+FFFD
+        # (a valid line that already held one is dropped too, which is rare and harmless).
+        ds = ds.filter(lambda batch: ["\ufffd" not in t for t in batch[TEXT]], batched=True)
+        log.warning("data.path=%s: skipped %d lines that are not UTF-8", path_value, bad_lines)
     return _select_text(ds, text_column, f"data.path={path_value}")
 
 
@@ -92,7 +148,9 @@ def load_hub(
     try:
         ds = datasets.load_dataset(name, subset, split=split, cache_dir=str(cache_dir))
     except (OSError, ValueError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
-        raise ConfigError(f"data.name={name}: could not be loaded ({type(err).__name__})") from err
+        raise ConfigError(
+            f"data.name={name}: could not be loaded ({type(err).__name__})" + offline_hint(name)
+        ) from err
     return _select_text(ds, text_column, f"data.name={name}")
 
 
@@ -115,7 +173,8 @@ def load_corpus(data: Any, cache_dir: Path) -> datasets.Dataset:
     if data.source == "sample_zh":
         ds = load_sample_zh()
     elif data.source == "files":
-        ds = load_files(data.path, data.text_column, cache_dir)
+        bad_line_fraction = data.get("max_bad_line_fraction", BAD_LINE_FRACTION)
+        ds = load_files(data.path, data.text_column, cache_dir, bad_line_fraction)
     elif data.source == "hub":
         ds = load_hub(data.name, data.subset, data.split, data.text_column, cache_dir)
     else:

@@ -11,8 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from pretrainlab.data import packing
 from pretrainlab.data.corpus import TEXT, corpus_fingerprint, load_corpus
 from pretrainlab.data.sampling import StreamBatchSampler, StreamDataset
 from pretrainlab.data.tokenizer import build_tokenizer
+from pretrainlab.utils import write_dir_atomic
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation")
@@ -38,20 +37,6 @@ _CACHED_MAX_LENGTH = 1_000_000
 def settings_key(settings: dict[str, Any]) -> str:
     """A short stable hash of the settings that shape a cached artifact."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Write a folder under a temporary name, then rename: a crash never leaves half a cache."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if not target.exists():  # a concurrent job may have won the race; its copy is as good
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class PretrainDataModule(pl.LightningDataModule):
@@ -132,9 +117,9 @@ class PretrainDataModule(pl.LightningDataModule):
         if (self.blocks_dir / "train").exists():
             return
         if not (self.tokenizer_dir / "docs").exists():
-            _atomic_dir(self.tokenizer_dir / "docs", self._write_tokenized)
+            write_dir_atomic(self.tokenizer_dir / "docs", self._write_tokenized)
         docs = datasets.load_from_disk(str(self.tokenizer_dir / "docs"))
-        _atomic_dir(self.blocks_dir, lambda tmp: self._write_blocks(docs, tmp))
+        write_dir_atomic(self.blocks_dir, lambda tmp: self._write_blocks(docs, tmp))
 
     def _write_tokenized(self, out: Path) -> None:
         corpus = load_corpus(self.data, self.cache_dir / "hf")

@@ -16,6 +16,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from pretrainlab.config import ConfigError
+from pretrainlab.network import offline_hint
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def load_pretrained_tokenizer(name: str, objective: str) -> PreTrainedTokenizerB
     except (OSError, ValueError) as err:
         raise ConfigError(
             f"tokenizer.pretrained={name}: no tokenizer found there ({err.__class__.__name__})"
+            + offline_hint(name)
         ) from err
     for role in REQUIRED_TOKENS[objective]:
         if role == "pad_token" and getattr(tok, role) is None and tok.eos_token is not None:

@@ -28,6 +28,8 @@ from transformers import (
 from pretrainlab.config import ConfigError
 from pretrainlab.data.sampling import CORPUS_TOKENS
 from pretrainlab.models.backbones import backbone_config, check_family, max_positions_of
+from pretrainlab.network import offline_hint
+from pretrainlab.utils import write_dir_atomic
 
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
@@ -71,7 +73,13 @@ class PretrainingObjective(pl.LightningModule):
     ) -> PreTrainedModel:
         """Random init from the shared size, or ``size.pretrained`` for continued pretraining."""
         if size.pretrained:
-            model = cls.auto_class.from_pretrained(size.pretrained)
+            try:
+                model = cls.auto_class.from_pretrained(size.pretrained)
+            except (OSError, ValueError) as err:
+                raise ConfigError(
+                    f"model.pretrained={size.pretrained}: could not be loaded ({type(err).__name__})"
+                    + offline_hint(size.pretrained)
+                ) from err
             limit = max_positions_of(model.config)
             if limit is not None and block_size > limit:
                 raise ConfigError(
@@ -201,13 +209,20 @@ class PretrainingObjective(pl.LightningModule):
 
     # -- export -------------------------------------------------------------------------
     def export(self, folder: str | Path) -> None:
-        """``save_pretrained`` of model and tokenizer: loadable by plain transformers pipelines."""
-        folder = Path(folder)
+        """``save_pretrained`` of model and tokenizer: loadable by plain transformers pipelines.
+
+        Written atomically (``utils.write_dir_atomic``): a kill during the export leaves no
+        half-written folder that would later load (or fail to) as if it were the model.
+        """
         self.tokenizer.model_max_length = (
             max_positions_of(self.model.config) or self.tokenizer.model_max_length
         )
-        self.model.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
+
+        def write(tmp: Path) -> None:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+
+        write_dir_atomic(Path(folder), write, replace=True)
 
 
 def _numpy_state_to_plain(state: tuple) -> tuple:

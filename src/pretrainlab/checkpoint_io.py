@@ -1,0 +1,42 @@
+"""Checkpoints written so that a kill at any moment never leaves a truncated one behind.
+
+Lightning's ``TorchCheckpointIO`` writes through an fsspec transaction, which stages a local
+file with ``tempfile.mkstemp`` in the system temp folder and moves it into place on commit.
+When that folder is on another file system than the run (a node-local /tmp and a shared
+run folder, as on most clusters) the move is a copy, and a kill during the copy leaves half a
+``last.ckpt`` that ``resume=`` would then try to load. Here the temporary file lives next to
+its target, is flushed to disk, and replaces the target with one ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose saves are all-or-nothing on a local file system.
+
+    Remote URLs (``s3://``, ...) keep Lightning's own path; object stores write whole objects.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        """Write under a temporary name in the same folder, fsync, then rename over ``path``."""
+        if "://" in str(path) or storage_options is not None:
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

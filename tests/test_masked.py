@@ -251,7 +251,7 @@ def test_masked_lm_uses_the_configured_masking(masked_setup) -> None:
 
 
 def test_masked_lm_loss_is_cross_entropy_on_masked_positions(masked_setup) -> None:
-    _, dm, module = masked_setup()
+    _, dm, module = masked_setup("objective.sparse_head=false")
     blocks = torch.tensor(dm.splits["validation"]["input_ids"][:4])
     batch = dm.val_dataloader().collate_fn([{"input_ids": row.tolist()} for row in blocks])
     module.eval()
@@ -261,3 +261,34 @@ def test_masked_lm_loss_is_cross_entropy_on_masked_positions(masked_setup) -> No
     expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
     assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)
     assert module.count_targets(batch) == int((batch["labels"] != IGNORE).sum())
+
+
+def test_sparse_head_gives_the_dense_loss_and_gradients(masked_setup) -> None:
+    """The head only at the labelled positions: same loss, same gradients, N x V logits."""
+    _, dm, module = masked_setup("objective.sparse_head=true")
+    blocks = torch.tensor(dm.splits["validation"]["input_ids"][:4])
+    batch = dm.val_dataloader().collate_fn([{"input_ids": row.tolist()} for row in blocks])
+    results = []
+    for sparse in (True, False):
+        module.settings["sparse_head"] = sparse
+        module.zero_grad()
+        out = module(batch)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (sparse_out, sparse_grads), (dense_out, dense_grads) = results
+    labelled = int((batch["labels"] != IGNORE).sum())
+    assert sparse_out.logits.shape == (labelled, len(dm.tokenizer))
+    assert dense_out.logits.shape[:2] == batch["labels"].shape
+    assert float(sparse_out.loss) == pytest.approx(float(dense_out.loss), rel=1e-6)
+    assert sparse_grads.keys() == dense_grads.keys()
+    for name, grad in sparse_grads.items():
+        torch.testing.assert_close(grad, dense_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compiling_the_backbone_keeps_parameter_names(masked_setup) -> None:
+    """Checkpoints and the export of a compiled run load into an uncompiled model."""
+    _, _, module = masked_setup()
+    names = list(module.state_dict())
+    module.compile_backbone()
+    assert list(module.state_dict()) == names

@@ -217,3 +217,8 @@ def test_model_trains_in_train_mode(
     monkeypatch.setattr(PretrainingObjective, "training_step", spy)
     run_training(compose_cfg("objective=masked", *(extra if pretrained else ())))
     assert modes == [True] * STEPS
+
+
+def test_validate_at_start_off_skips_the_step_zero_validation(compose_cfg, run_training):
+    metrics = run_training(compose_cfg("objective=causal", "trainer.validate_at_start=false"))
+    assert metrics["val/loss_initial"] is None and metrics["val/loss"] is not None

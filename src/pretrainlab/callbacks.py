@@ -46,6 +46,15 @@ class StopOnNonFiniteLoss(pl.Callback):
         )
 
 
+def logging_step(trainer: pl.Trainer) -> bool:
+    """Whether values logged now reach the loggers (every ``log_every_n_steps`` optimizer steps).
+
+    Step-level values logged on other steps are never written, so skipping them saves the cost
+    of ``self.log`` on every step (measurable for small models; see benchmarks/README.md).
+    """
+    return trainer.global_step % max(trainer.log_every_n_steps, 1) == 0
+
+
 class TokenThroughput(pl.Callback):
     """Tokens seen and non-padding training tokens per second.
 
@@ -81,6 +90,8 @@ class TokenThroughput(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self.tokens += pl_module.count_tokens(batch) * trainer.world_size
+        if not logging_step(trainer):
+            return
         elapsed = self.train_seconds + (time.perf_counter() - self._since if self._since else 0.0)
         pl_module.log("tokens_seen", float(self.tokens), on_step=True, on_epoch=False)
         if elapsed > 0:

@@ -38,6 +38,8 @@ class MaskedObjectiveConfig(ObjectiveConfig):
     mask_replace_prob: float = 0.8
     random_replace_prob: float = 0.1
     whole_word_mask: bool = False
+    # Vocabulary projection only at labelled positions while training (same loss, less work).
+    sparse_head: bool = True
 
 
 @dataclass
@@ -157,6 +159,10 @@ class TrainerConfig:
     gradient_clip_val: float | None = 1.0
     accumulate_grad_batches: int = 1
     deterministic: bool = False
+    # torch.compile the backbone's transformer body (not a Lightning setting: applied by train()).
+    compile: bool = False
+    # Validate once before the first step: the curve's step-0 point and val/loss_initial.
+    validate_at_start: bool = True
 
 
 def register_schemas() -> None:

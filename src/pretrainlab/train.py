@@ -74,6 +74,8 @@ def trainer_settings(cfg: DictConfig, tokens_per_step: float) -> dict[str, Any]:
     settings = OmegaConf.to_container(cfg.trainer, resolve=True)
     if isinstance(settings["strategy"], dict):  # a strategy object, e.g. trainer=ddp's
         settings["strategy"] = instantiate(cfg.trainer.strategy)
+    for ours in ("compile", "validate_at_start"):  # pretrainlab's own, applied in train()
+        settings.pop(ours, None)
     max_tokens = settings.pop("max_tokens")
     if max_tokens is not None:
         settings["max_steps"] = max(1, math.ceil(max_tokens / tokens_per_step))
@@ -175,6 +177,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg, objective_cls)
     datamodule.setup()
     module = build_objective(cfg, datamodule)
+    if cfg.trainer.get("compile", False):
+        module.compile_backbone()
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = build_loggers(cfg)
@@ -204,7 +208,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             total_batches=settings["max_steps"] * batches_per_step,
             start_batch=_checkpoint_step(resume_from) * batches_per_step if resume_from else 0,
         )
-        if resume_from is None:  # a resumed run has its initial validation in its restored curve
+        # A resumed run has its initial validation in its restored curve.
+        if resume_from is None and cfg.trainer.get("validate_at_start", True):
             trainer.validate(module, datamodule=datamodule, verbose=False)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         last_train_loss = _float(trainer.callback_metrics.get("train/loss"))  # validate() resets these

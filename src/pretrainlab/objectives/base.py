@@ -163,8 +163,10 @@ class PretrainingObjective(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self(batch).loss
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        # Logged here rather than by LearningRateMonitor, which refuses to run without a logger.
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        # Logged here rather than by LearningRateMonitor, which refuses to run without a logger;
+        # global_step is not yet advanced here, so the next one decides.
+        if (self.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0:
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -198,11 +200,28 @@ class PretrainingObjective(pl.LightningModule):
         np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
         random.setstate(state["python"])
 
+    def compile_backbone(self) -> None:
+        """``torch.compile`` the transformer body in place (``nn.Module.compile``).
+
+        In place, so parameter names, checkpoints and the export are unchanged. Only the body:
+        heads and losses run eagerly, where the sparse MLM head's changing number of rows would
+        otherwise recompile.
+        """
+        self.model.base_model.compile()
+
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW without weight decay on biases and norms, stepped per optimizer step."""
+        """AdamW without weight decay on biases and norms, stepped per optimizer step.
+
+        On CUDA the fused kernel is used unless ``optimizer.optimizer.fused`` says otherwise.
+        """
         decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
-        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        extra = {}
+        keywords = getattr(self.optimizer_factory, "keywords", {})
+        if self.device.type == "cuda" and keywords.get("fused") is None:
+            extra["fused"] = True
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = self.optimizer_factory(groups, **extra)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

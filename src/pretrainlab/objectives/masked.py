@@ -2,7 +2,9 @@
 
 The masking itself is transformers' ``DataCollatorForLanguageModeling`` (80/10/10 split,
 special tokens never chosen); this module adds whole-word masking on packed blocks, which
-that collator only supports through a tokenizer's offset mapping.
+that collator only supports through a tokenizer's offset mapping, and a sparse prediction
+head for training: the vocabulary projection runs only at the ~15% of positions that carry a
+label (as cramming and MosaicBERT do), with the same loss as the dense head.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, PreTrainedTokenizerBase
+from transformers.modeling_outputs import MaskedLMOutput
 
-from pretrainlab.objectives.base import Batch, Collator, PretrainingObjective
+from pretrainlab.objectives.base import IGNORE, Batch, Collator, PretrainingObjective
 
 CONTINUATION = "##"
 
@@ -88,3 +92,21 @@ class MaskedLM(PretrainingObjective):
             random_replace_prob=s.get("random_replace_prob", 0.1),
             whole_word_mask=s.get("whole_word_mask", False),
         )
+
+    def forward(self, batch: Batch) -> Any:
+        """With labels and ``sparse_head`` on: the encoder on every position, the prediction head
+        only on the labelled ones. Loss = the dense head's (mean cross-entropy over labelled
+        positions); ``logits`` are those rows only, (N, V). Models without a known head
+        attribute (``cls``: BERT, ``lm_head``: RoBERTa-likes) take the dense path."""
+        labels = batch.get("labels")
+        head = getattr(self.model, "cls", None) or getattr(self.model, "lm_head", None)
+        if labels is None or head is None or not self.settings.get("sparse_head", True):
+            return super().forward(batch)
+        chosen = labels != IGNORE  # (B, T)
+        if not bool(chosen.any()):
+            return super().forward(batch)
+        inputs = {k: v for k, v in batch.items() if k != "labels" and not k.startswith("_")}
+        hidden = self.model.base_model(**inputs).last_hidden_state  # (B, T, H)
+        logits = head(hidden[chosen])  # (N, V)
+        loss = F.cross_entropy(logits.float(), labels[chosen])
+        return MaskedLMOutput(loss=loss, logits=logits)

@@ -1,0 +1,640 @@
+"""Training throughput: the classic Trainer recipe (A), a bare PyTorch loop (B) and pretrainlab (C).
+
+    python -m benchmarks.throughput            # the full table (sizes x block lengths, 3 repetitions)
+    python -m benchmarks.throughput --quick    # model=small, block 384, 1 repetition: under 5 minutes
+
+For each objective (masked: BERT, causal: Llama), size and block length, every variant trains the
+same randomly initialised model (same seed), with the same tokenizer, the same built-in corpus,
+batch size, block length, optimizer (AdamW, cosine schedule with 5% warm-up, clipping at 1.0)
+and number of optimizer steps, one after another in this process:
+
+* **A** transformers ``Trainer`` + ``DataCollatorForLanguageModeling``: one document per example,
+  truncated to the block length, padded per batch (the Hugging Face tutorials' recipe);
+* **B** a bare PyTorch loop over pretrainlab's packed blocks and batches, computing the same loss
+  as C (the ceiling for C's loop: C/B is the framework's overhead);
+* **C** pretrainlab, as a user runs it (``pretrainlab.train.train`` with ``trainer=cpu``), and
+  **C fast** the same with ``trainer=cpu_fast`` (bf16 autocast + ``torch.compile``).
+
+Throughput is measured over the steps after a warm-up (compilation, allocator), as *useful*
+tokens per second: tokens that are not padding (for MLM, the loss-bearing ones are reported
+too). Validation loss is computed for every variant's final model by one function, on the same
+validation batches. The last printed line is one JSON object with the ratios and the settings.
+The run stops with an error if the comparison is not like for like (unequal step counts, data,
+or initial weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from pretrainlab import config_dir
+
+OBJECTIVES = {"masked": "bert", "causal": "llama"}
+LR, BETAS, EPS, WEIGHT_DECAY, WARMUP, CLIP = 1e-3, (0.9, 0.98), 1e-6, 0.01, 0.05, 1.0
+VAL_BATCHES = 8
+
+
+class ComparisonError(RuntimeError):
+    """The variants did not get the same work: the ratios would mean nothing."""
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+@dataclass
+class Clock:
+    """Per-step end times and per-batch token counts, in call order."""
+
+    ends: list[float] = field(default_factory=list)
+    useful: list[int] = field(default_factory=list)  # non-padding tokens per batch
+    total: list[int] = field(default_factory=list)  # tokens per batch, padding included
+    targets: list[int] = field(default_factory=list)  # loss-bearing tokens per batch
+    first_ids: int | None = None  # a checksum of the first batch's token ids
+
+    def count(self, batch: dict[str, torch.Tensor], pad_id: int) -> None:
+        ids, labels = batch["input_ids"], batch["labels"]
+        if self.first_ids is None:
+            self.first_ids = int((ids.long() * torch.arange(1, ids.numel() + 1).view_as(ids)).sum())
+        mask = batch.get("attention_mask")
+        self.useful.append(int(mask.sum()) if mask is not None else int((ids != pad_id).sum()))
+        self.total.append(int(ids.numel()))
+        self.targets.append(int((labels != -100).sum()))
+
+    def summary(self, warmup: int) -> dict[str, float]:
+        """Rates over steps warmup+1 .. last (batches warmup .. last-1, 0-based)."""
+        steps = len(self.ends)
+        if steps <= warmup:
+            raise ComparisonError(f"only {steps} steps for a warm-up of {warmup}")
+        seconds = self.ends[-1] - self.ends[warmup - 1]
+        useful = sum(self.useful[warmup:steps])
+        return {
+            "steps": steps,
+            "s_per_step": seconds / (steps - warmup),
+            "useful_tokens_per_s": useful / seconds,
+            "target_tokens_per_s": sum(self.targets[warmup:steps]) / seconds,
+            "padding_fraction": 1 - sum(self.useful[:steps]) / sum(self.total[:steps]),
+        }
+
+
+class PeakMemory:
+    """Peak resident memory of this process during a block (Linux: VmHWM after clear_refs)."""
+
+    def __enter__(self) -> PeakMemory:
+        self.reset = _write("/proc/self/clear_refs", "5")
+        self.peak_mib = float("nan")
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if torch.cuda.is_available():
+            self.peak_mib = torch.cuda.max_memory_allocated() / 2**20
+        elif self.reset:
+            status = Path("/proc/self/status").read_text()
+            kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+            self.peak_mib = kib / 1024
+
+
+def _write(path: str, text: str) -> bool:
+    try:
+        Path(path).write_text(text)
+    except OSError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- shared set-up
+
+
+@dataclass(frozen=True)
+class Setting:
+    objective: str
+    size: str
+    block: int
+    batch: int
+    steps: int
+
+
+def compose_cfg(setting: Setting, out: Path, trainer: str = "cpu", extra: tuple[str, ...] = ()) -> DictConfig:
+    """The pretrainlab config a user would run for this setting (end-of-run evaluation off)."""
+    overrides = [
+        f"objective={setting.objective}",
+        f"model={setting.size}",
+        f"trainer={trainer}",
+        f"data.block_size={setting.block}",
+        f"data.batch_size={setting.batch}",
+        f"trainer.max_steps={setting.steps}",
+        f"trainer.val_check_interval={setting.steps}",
+        f"trainer.limit_val_batches={VAL_BATCHES}",
+        "logger=none",
+        "seed=0",
+        "~callbacks.progress_bar",
+        "evaluation.cloze=false",
+        "evaluation.continuation=false",
+        "evaluation.probe=false",
+        "evaluation.generation=false",
+        f"paths.output_dir={out}",
+        *extra,
+    ]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    return cfg
+
+
+def fresh_module(cfg: DictConfig, datamodule: Any) -> Any:
+    """pretrainlab's LightningModule with the benchmark's initial weights (seed 0, as train() seeds)."""
+    from pretrainlab.train import build_objective
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    return build_objective(cfg, datamodule)
+
+
+def weights_checksum(model: torch.nn.Module) -> float:
+    return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, datamodule: Any) -> float:
+    """Mean loss per target token of a transformers model on the first VAL_BATCHES validation batches
+    (pretrainlab's collator, seeded by content: the same masks for every variant)."""
+    model.eval()
+    total = count = 0.0
+    for i, batch in enumerate(datamodule.val_dataloader()):
+        if i == VAL_BATCHES:
+            break
+        inputs = {k: v for k, v in batch.items() if not k.startswith("_")}
+        targets = int((inputs["labels"] != -100).sum())
+        total += float(model(**inputs).loss) * targets
+        count += targets
+    return total / count
+
+
+def cosine(optimizer: torch.optim.Optimizer, steps: int) -> Any:
+    from transformers import get_cosine_schedule_with_warmup
+
+    return get_cosine_schedule_with_warmup(optimizer, int(WARMUP * steps), steps)
+
+
+def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of pretrainlab's configure_optimizers, spelt out."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=LR,
+        betas=BETAS,
+        eps=EPS,
+        weight_decay=WEIGHT_DECAY,
+    )
+
+
+# --------------------------------------------------------------------------- the variants
+
+
+def run_classic(setting: Setting, cfg: DictConfig, datamodule: Any, warmup: int) -> dict[str, Any]:
+    """A: transformers Trainer, one document per example truncated to the block, padded per batch."""
+    import datasets
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+
+    from pretrainlab.data import packing
+
+    # The train split's documents as pretrainlab tokenized them (same tokenizer, same eos).
+    docs = datasets.load_from_disk(str(datamodule.tokenizer_dir / "docs"))["train"]
+    documents = packing.truncate(docs, setting.block)
+    tok = datamodule.tokenizer
+    collator = DataCollatorForLanguageModeling(tok, mlm=setting.objective == "masked", mlm_probability=0.15)
+    clock = Clock()
+
+    def counted(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = collator(examples)
+        clock.count(batch, tok.pad_token_id)
+        return batch
+
+    class StepEnds(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            clock.ends.append(time.perf_counter())
+
+    model = fresh_module(cfg, datamodule).model
+    start_weights = weights_checksum(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp,
+            per_device_train_batch_size=setting.batch,
+            max_steps=setting.steps,
+            learning_rate=LR,
+            adam_beta1=BETAS[0],
+            adam_beta2=BETAS[1],
+            adam_epsilon=EPS,
+            weight_decay=WEIGHT_DECAY,
+            warmup_steps=int(WARMUP * setting.steps),  # what get_cosine_schedule_with_warmup gets in B and C
+            lr_scheduler_type="cosine",
+            max_grad_norm=CLIP,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0,
+            seed=0,
+            disable_tqdm=True,
+        )
+        trainer = Trainer(
+            model=model, args=args, train_dataset=documents, data_collator=counted, callbacks=[StepEnds()]
+        )
+        with PeakMemory() as memory:
+            started = time.perf_counter()
+            trainer.train()
+            wall = time.perf_counter() - started
+    return _result("A", clock, warmup, memory, wall, model, datamodule, start_weights)
+
+
+def run_bare(
+    setting: Setting, cfg: DictConfig, datamodule: Any, warmup: int, steps: int | None = None
+) -> dict[str, Any]:
+    """B: the same packed batches and loss as C, in a plain loop (AdamW, cosine, clipping)."""
+    steps = steps or setting.steps
+    module = fresh_module(cfg, datamodule)
+    start_weights = weights_checksum(module.model)
+    datamodule.plan_stream(cfg.seed, total_batches=steps)
+    optimizer = adamw(module)
+    schedule = cosine(optimizer, steps)
+    clock = Clock()
+    module.train()
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        for batch in datamodule.train_dataloader():
+            clock.count(batch, datamodule.tokenizer.pad_token_id)
+            loss = module(batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), CLIP)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            clock.ends.append(time.perf_counter())
+        wall = time.perf_counter() - started
+    return _result("B", clock, warmup, memory, wall, module.model, datamodule, start_weights)
+
+
+# Clocks of the runs in progress, by key: StepClock is built by Hydra from the config, so it is
+# handed its clock by name.
+_CLOCKS: dict[str, Clock] = {}
+
+
+class StepClock(pl.Callback):
+    """Added to pretrainlab's own callbacks for C: step end times and token counts."""
+
+    def __init__(self, key: str, pad_id: int) -> None:
+        self.clock, self.pad_id = _CLOCKS[key], pad_id
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        self.clock.count(batch, self.pad_id)
+        self.clock.ends.append(time.perf_counter())
+
+
+def run_pretrainlab(
+    name: str, setting: Setting, trainer: str, datamodule: Any, warmup: int, steps: int | None = None
+) -> dict[str, Any]:
+    """C: ``pretrainlab.train.train`` itself, as a user runs it, plus one callback reading the clock.
+
+    ``build_objective`` is wrapped only to keep a handle on the trained module (and its initial
+    weights, for the like-for-like check); the run's own seed gives the benchmark's weights.
+    """
+    from pretrainlab import train as train_module
+
+    steps = steps or setting.steps
+    key = f"{name}-{time.monotonic_ns()}"
+    clock = _CLOCKS[key] = Clock()
+    captured: dict[str, Any] = {}
+    real_build = train_module.build_objective
+
+    def build_objective(cfg: DictConfig, dm: Any) -> Any:
+        module = real_build(cfg, dm)
+        captured.update(module=module, start=weights_checksum(module.model))
+        return module
+
+    run_setting = Setting(setting.objective, setting.size, setting.block, setting.batch, steps)
+    pad_id = datamodule.tokenizer.pad_token_id
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = (
+            f"+callbacks.clock._target_={__name__}.StepClock",
+            f"+callbacks.clock.key={key}",
+            f"+callbacks.clock.pad_id={pad_id}",
+        )
+        cfg = compose_cfg(run_setting, Path(tmp) / "run", trainer, extra)
+        train_module.build_objective = build_objective
+        try:
+            with PeakMemory() as memory:
+                started = time.perf_counter()
+                train_module.train(cfg)
+                wall = time.perf_counter() - started
+        finally:
+            train_module.build_objective = real_build
+            del _CLOCKS[key]
+    return _result(name, clock, warmup, memory, wall, captured["module"].model, datamodule, captured["start"])
+
+
+def _result(
+    name: str,
+    clock: Clock,
+    warmup: int,
+    memory: PeakMemory,
+    wall: float,
+    model: Any,
+    datamodule: Any,
+    start: float,
+) -> dict[str, Any]:
+    return {
+        "variant": name,
+        **clock.summary(warmup),
+        "peak_mib": memory.peak_mib,
+        "wall_s": wall,
+        "val_loss": validation_loss(model, datamodule),
+        "start_weights": start,
+        "first_batches": clock.useful[:3],
+        "first_ids": clock.first_ids,
+    }
+
+
+# --------------------------------------------------------------------------- one setting
+
+
+def measure(
+    setting: Setting, reps: int, warmup: int, fast: bool, same_time: bool, cache: Path
+) -> dict[str, Any]:
+    """Every variant, ``reps`` times each; medians; the like-for-like checks."""
+    from hydra.utils import get_class
+
+    from pretrainlab.objectives.base import PretrainingObjective  # noqa: F401 (registers nothing, warms imports)
+    from pretrainlab.train import build_datamodule
+
+    os.environ["PRETRAINLAB_CACHE"] = str(cache)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_cfg(setting, Path(tmp))
+        datamodule = build_datamodule(cfg, get_class(cfg.objective._target_))
+        datamodule.setup()
+        fresh_module(cfg, datamodule)  # sets the collator on the datamodule
+        runs: dict[str, list[dict[str, Any]]] = {}
+        variants: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("A", lambda: run_classic(setting, cfg, datamodule, warmup)),
+            ("B", lambda: run_bare(setting, cfg, datamodule, warmup)),
+            ("C", lambda: run_pretrainlab("C", setting, "cpu", datamodule, warmup)),
+        ]
+        if fast:
+            variants.append(
+                ("C_fast", lambda: run_pretrainlab("C_fast", setting, "cpu_fast", datamodule, warmup + 2))
+            )
+        for _ in range(reps):
+            for name, run in variants:
+                runs.setdefault(name, []).append(run())
+        summary = {name: _median(results) for name, results in runs.items()}
+        check_like_for_like(setting, summary, runs)
+        if same_time:
+            budget = summary["A"]["wall_s"]
+            for name, run_for in (
+                ("B", lambda n: run_bare(setting, cfg, datamodule, 1, steps=n)),
+                ("C", lambda n: run_pretrainlab("C", setting, "cpu", datamodule, 1, steps=n)),
+            ):
+                n = max(2, int(budget / summary[name]["s_per_step"]))
+                summary[name]["val_loss_same_time"] = run_for(n)["val_loss"]
+                summary[name]["steps_same_time"] = n
+            summary["A"]["val_loss_same_time"] = summary["A"]["val_loss"]
+            summary["A"]["steps_same_time"] = setting.steps
+    return {"setting": asdict(setting), "variants": summary}
+
+
+def _median(results: list[dict[str, Any]]) -> dict[str, Any]:
+    merged = dict(results[0])
+    for key in ("s_per_step", "useful_tokens_per_s", "target_tokens_per_s", "peak_mib", "wall_s"):
+        merged[key] = statistics.median(r[key] for r in results)
+    merged["repetitions"] = len(results)
+    return merged
+
+
+def check_like_for_like(
+    setting: Setting, summary: dict[str, Any], runs: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Fail loudly when the variants did not do the same work."""
+    steps = {name: [r["steps"] for r in results] for name, results in runs.items()}
+    if any(s != setting.steps for counts in steps.values() for s in counts):
+        raise ComparisonError(f"unequal step counts {steps} (wanted {setting.steps}) for {setting}")
+    starts = {name: s["start_weights"] for name, s in summary.items()}
+    if len({round(v, 6) for v in starts.values()}) != 1:
+        raise ComparisonError(f"variants started from different weights {starts} for {setting}")
+    packed = {name: summary[name]["first_batches"] for name in summary if name != "A"}
+    first = {name: summary[name]["first_ids"] for name in packed}
+    if len(set(first.values())) != 1:
+        raise ComparisonError(f"B and C started from different batches (checksums {first}) for {setting}")
+    full = setting.batch * setting.block
+    if any(t != full for name in packed for t in summary[name]["first_batches"]):
+        raise ComparisonError(f"packed batches are not full ({packed}, expected {full} tokens) for {setting}")
+
+
+# --------------------------------------------------------------------------- start-up costs
+
+
+def preparation_times(setting: Setting, cache: Path, reps: int) -> dict[str, float]:
+    """Data preparation (corpus -> tokenizer -> tokenized documents -> blocks): cold, then cached."""
+    from hydra.utils import get_class
+
+    from pretrainlab.train import build_datamodule
+
+    def prepare(folder: Path) -> float:
+        os.environ["PRETRAINLAB_CACHE"] = str(folder)
+        cfg = compose_cfg(setting, folder / "run")
+        started = time.perf_counter()
+        datamodule = build_datamodule(cfg, get_class(cfg.objective._target_))
+        datamodule.setup()
+        return time.perf_counter() - started
+
+    with tempfile.TemporaryDirectory() as cold:
+        cold_s = prepare(Path(cold))
+        cached_s = statistics.median(prepare(Path(cold)) for _ in range(reps))
+    os.environ["PRETRAINLAB_CACHE"] = str(cache)
+    return {"cold_prep_s": cold_s, "cached_prep_s": cached_s}
+
+
+def first_step_seconds(setting: Setting, cache: Path, *extra: str) -> dict[str, float]:
+    """From starting ``pretrainlab-train`` (a new process) to the end of its first optimizer step,
+    with a warm data cache, and where that time goes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stamp = Path(tmp) / "first_step.json"
+        command = [
+            sys.executable,
+            "-m",
+            "pretrainlab.train",
+            f"objective={setting.objective}",
+            f"model={setting.size}",
+            f"data.block_size={setting.block}",
+            f"data.batch_size={setting.batch}",
+            "trainer.max_steps=1",
+            "logger=none",
+            "evaluation.cloze=false",
+            "evaluation.continuation=false",
+            "evaluation.probe=false",
+            "evaluation.generation=false",
+            f"hydra.run.dir={tmp}/run",
+            # a new process imports this file as a module, not as __main__
+            "+callbacks.first_step._target_=benchmarks.throughput.FirstStepStamp",
+            f"+callbacks.first_step.path={stamp}",
+            *extra,
+        ]
+        root = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "PRETRAINLAB_CACHE": str(cache), "PYTHONPATH": str(root)}
+        started = time.time()
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            raise ComparisonError(f"pretrainlab-train failed: {result.stderr[-1500:]}")
+        times = json.loads(stamp.read_text())
+    setup_end = times.get("validation_start", times["train_start"])
+    return {
+        "first_step_s": times["first_step"] - started,
+        "start_to_setup_done_s": setup_end - started,  # imports, config, data, model
+        "initial_validation_s": times["train_start"] - setup_end,
+        "train_start_to_first_step_s": times["first_step"] - times["train_start"],
+    }
+
+
+class FirstStepStamp(pl.Callback):
+    """Wall-clock times of the initial validation, the start of training and the end of the
+    first optimizer step (for ``first_step_seconds``)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.times: dict[str, float] = {}
+
+    def on_validation_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.times.setdefault("validation_start", time.time())
+
+    def on_train_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.times.setdefault("train_start", time.time())
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == 1 and "first_step" not in self.times:
+            self.times["first_step"] = time.time()
+            self.path.write_text(json.dumps(self.times))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    header = (
+        "| objective | size | block | variant | useful tok/s | loss tok/s | padding | s/step | peak MiB "
+        "| val loss (same steps) | val loss (same time) | vs A | vs B |\n"
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    rows = []
+    for r in results:
+        s, v = r["setting"], r["variants"]
+        for name, m in v.items():
+            same_time = m.get("val_loss_same_time")
+            same_time_cell = "" if same_time is None else f"{same_time:.4f} ({m['steps_same_time']} steps)"
+            rows.append(
+                f"| {s['objective']} | {s['size']} | {s['block']} | {name} | {m['useful_tokens_per_s']:,.0f} "
+                f"| {m['target_tokens_per_s']:,.0f} | {m['padding_fraction']:.1%} | {m['s_per_step']:.3f} "
+                f"| {m['peak_mib']:,.0f} | {m['val_loss']:.4f} "
+                f"| {same_time_cell} "
+                f"| {m['useful_tokens_per_s'] / v['A']['useful_tokens_per_s']:.2f} "
+                f"| {m['useful_tokens_per_s'] / v['B']['useful_tokens_per_s']:.2f} |"
+            )
+    return header + "\n".join(rows)
+
+
+def ratio(results: list[dict[str, Any]], objective: str, size: str, block: int, num: str, den: str) -> float:
+    for r in results:
+        s = r["setting"]
+        if (s["objective"], s["size"], s["block"]) == (objective, size, block) and num in r["variants"]:
+            v = r["variants"]
+            return v[num]["useful_tokens_per_s"] / v[den]["useful_tokens_per_s"]
+    return math.nan
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the grid, print the table, and end with one JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="model=small, block 384, 1 repetition (< 5 min)")
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--no-fast", action="store_true", help="skip C with trainer=cpu_fast")
+    parser.add_argument("--sizes", nargs="+", help="model sizes (default: tiny small; --quick: small)")
+    parser.add_argument(
+        "--blocks", nargs="+", type=int, help="block lengths (default: 128 384; --quick: 384)"
+    )
+    parser.add_argument(
+        "--cache", default=os.environ.get("PRETRAINLAB_CACHE", str(Path.home() / ".cache/pretrainlab"))
+    )
+    args = parser.parse_args(argv)
+    started = time.time()
+    sizes, blocks = (["small"], [384]) if args.quick else (["tiny", "small"], [128, 384])
+    sizes, blocks = args.sizes or sizes, args.blocks or blocks
+    reps = args.reps or (1 if args.quick else 3)
+    steps = args.steps or (8 if args.quick else 16)
+    warmup = 2
+    cache = Path(args.cache).expanduser()
+    headline = ("small", 384)
+    results = []
+    for objective in OBJECTIVES:
+        for size in sizes:
+            for block in blocks:
+                setting = Setting(objective, size, block, args.batch, steps)
+                print(f"# {setting}", file=sys.stderr, flush=True)
+                fast = not args.no_fast and (size, block) == headline
+                results.append(measure(setting, reps, warmup, fast, same_time=not args.quick, cache=cache))
+    prep = preparation_times(Setting("causal", "small", 384, args.batch, steps), cache, reps=3)
+    start_setting = Setting("causal", "small", 384, args.batch, steps)
+    first_step = first_step_seconds(start_setting, cache)
+    first_step_lean = first_step_seconds(start_setting, cache, "trainer.validate_at_start=false")
+    print(table(results))
+    summary = {
+        "c_over_a_masked": ratio(results, "masked", *headline, "C", "A"),
+        "c_over_a_causal": ratio(results, "causal", *headline, "C", "A"),
+        "c_over_b_masked": ratio(results, "masked", *headline, "C", "B"),
+        "c_over_b_causal": ratio(results, "causal", *headline, "C", "B"),
+        "c_fast_over_a_masked": ratio(results, "masked", *headline, "C_fast", "A"),
+        "c_fast_over_a_causal": ratio(results, "causal", *headline, "C_fast", "A"),
+        "c_over_a_masked_128": ratio(results, "masked", "small", 128, "C", "A"),
+        "c_over_a_causal_128": ratio(results, "causal", "small", 128, "C", "A"),
+        "first_step_s": first_step["first_step_s"],
+        "first_step_s_without_initial_validation": first_step_lean["first_step_s"],
+        "first_step_breakdown": first_step,
+        **prep,
+        "settings": {
+            "quick": args.quick,
+            "sizes": sizes,
+            "blocks": blocks,
+            "batch": args.batch,
+            "steps": steps,
+            "warmup_steps": warmup,
+            "repetitions": reps,
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "total_s": round(time.time() - started, 1),
+        },
+        "results": results,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The throughput benchmark's own arithmetic and like-for-like checks (no timings asserted)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from benchmarks.throughput import Clock, ComparisonError, Setting, check_like_for_like
+
+SETTING = Setting("causal", "small", 4, 2, steps=3)
+
+
+def _clock(ends: list[float], batches: list[torch.Tensor], pad: int = 0) -> Clock:
+    clock = Clock(ends=ends)
+    for ids in batches:
+        clock.count({"input_ids": ids, "labels": ids.masked_fill(ids == pad, -100)}, pad)
+    return clock
+
+
+def test_rates_count_steps_after_the_warm_up_and_only_real_tokens():
+    padded = torch.tensor([[5, 6, 0, 0], [7, 0, 0, 0]])  # 3 real tokens of 8
+    clock = _clock([10.0, 11.0, 13.0], [padded, padded, padded])
+    summary = clock.summary(warmup=1)
+    assert summary["steps"] == 3
+    assert summary["s_per_step"] == pytest.approx(1.5)  # steps 2 and 3: 3 s
+    assert summary["useful_tokens_per_s"] == pytest.approx(6 / 3)
+    assert summary["padding_fraction"] == pytest.approx(5 / 8)
+    with pytest.raises(ComparisonError, match="warm-up"):
+        clock.summary(warmup=3)
+
+
+def _variant(steps: int, start: float, first_ids: int, useful: int = 8) -> dict:
+    return {"steps": steps, "start_weights": start, "first_ids": first_ids, "first_batches": [useful] * 3}
+
+
+def test_the_comparison_refuses_unequal_work():
+    good = {"A": _variant(3, 1.0, 9), "B": _variant(3, 1.0, 7), "C": _variant(3, 1.0, 7)}
+    runs = {name: [v] for name, v in good.items()}
+    check_like_for_like(SETTING, good, runs)  # A's data differs by design (unpacked documents)
+    with pytest.raises(ComparisonError, match="unequal step counts"):
+        check_like_for_like(SETTING, good, {**runs, "C": [_variant(2, 1.0, 7)]})
+    with pytest.raises(ComparisonError, match="different weights"):
+        check_like_for_like(SETTING, {**good, "B": _variant(3, 2.0, 7)}, runs)
+    with pytest.raises(ComparisonError, match="different batches"):
+        check_like_for_like(SETTING, {**good, "C": _variant(3, 1.0, 8)}, runs)
+    with pytest.raises(ComparisonError, match="not full"):
+        check_like_for_like(SETTING, {**good, "B": _variant(3, 1.0, 7, 5), "C": _variant(3, 1.0, 7, 5)}, runs)

@@ -382,7 +382,6 @@ def measure(
     """Every variant, ``reps`` times each; medians; the like-for-like checks."""
     from hydra.utils import get_class
 
-    from pretrainlab.objectives.base import PretrainingObjective  # noqa: F401 (registers nothing, warms imports)
     from pretrainlab.train import build_datamodule
 
     os.environ["PRETRAINLAB_CACHE"] = str(cache)

@@ -78,6 +78,22 @@ def test_atomic_checkpoint_keeps_the_old_file_when_a_save_fails(tmp_path, monkey
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no temporary left
 
 
+def test_temporaries_of_killed_saves_are_cleaned_up(tmp_path):
+    import os
+
+    path = tmp_path / "last.ckpt"
+    dead = tmp_path / ".last.ckpt.999999999.tmp"  # no such process
+    alive = tmp_path / f".last.ckpt.{os.getppid()}.tmp"  # a save in progress elsewhere
+    for leftover in (dead, alive):
+        leftover.write_bytes(b"half")
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+    assert not dead.exists() and alive.exists()
+    stale_export = tmp_path / ".hf-abc123"
+    stale_export.mkdir()
+    write_dir_atomic(tmp_path / "hf", lambda d: (d / "w").write_text("v"), replace=True)
+    assert not stale_export.exists()
+
+
 def test_write_dir_atomic_replaces_only_a_complete_folder(tmp_path):
     target = tmp_path / "hf"
     write_dir_atomic(target, lambda d: (d / "weights").write_text("v1"), replace=True)
@@ -117,9 +133,11 @@ def test_a_kill_while_saving_a_checkpoint_leaves_the_previous_one(tiny_corpus, c
     last = _load(run / "checkpoints" / "last.ckpt")  # complete: it loads
     assert last["global_step"] == 2  # the save at step 4 was cut; step 2's is intact
     assert _all_finite(last["state_dict"])
+    assert list((run / "checkpoints").glob(".last.ckpt.*.tmp"))  # the cut save's temporary
     resumed = run_cli(["pretrainlab-train", *_killer_args(tiny_corpus), f"resume={run}"], cache_dir, env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((run / "metrics.json").read_text())["steps"] == 6
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # cleaned up by the next save
 
 
 @pytest.mark.slow

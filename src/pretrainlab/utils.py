@@ -35,6 +35,9 @@ def write_dir_atomic(target: Path, write: Callable[[Path], None], *, replace: bo
     and deleted only once the new one is in place.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    if replace:  # an export has one writer: any earlier temporary is what a killed write left
+        for stale in target.parent.glob(f".{target.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     umask = os.umask(0)
     os.umask(umask)

@@ -132,24 +132,31 @@ class Setting:
     steps: int
 
 
-def compose_cfg(setting: Setting, out: Path, trainer: str = "cpu", extra: tuple[str, ...] = ()) -> DictConfig:
-    """The pretrainlab config a user would run for this setting (end-of-run evaluation off)."""
-    overrides = [
+def run_overrides(setting: Setting) -> list[str]:
+    """What a user sets for this setting on the command line, end-of-run evaluation off."""
+    return [
         f"objective={setting.objective}",
         f"model={setting.size}",
-        f"trainer={trainer}",
         f"data.block_size={setting.block}",
         f"data.batch_size={setting.batch}",
-        f"trainer.max_steps={setting.steps}",
-        f"trainer.val_check_interval={setting.steps}",
-        f"trainer.limit_val_batches={VAL_BATCHES}",
         "logger=none",
-        "seed=0",
-        "~callbacks.progress_bar",
         "evaluation.cloze=false",
         "evaluation.continuation=false",
         "evaluation.probe=false",
         "evaluation.generation=false",
+    ]
+
+
+def compose_cfg(setting: Setting, out: Path, trainer: str = "cpu", extra: tuple[str, ...] = ()) -> DictConfig:
+    """The pretrainlab config a user would run for this setting (end-of-run evaluation off)."""
+    overrides = [
+        *run_overrides(setting),
+        f"trainer={trainer}",
+        f"trainer.max_steps={setting.steps}",
+        f"trainer.val_check_interval={setting.steps}",
+        f"trainer.limit_val_batches={VAL_BATCHES}",
+        "seed=0",
+        "~callbacks.progress_bar",
         f"paths.output_dir={out}",
         *extra,
     ]
@@ -479,16 +486,8 @@ def first_step_seconds(setting: Setting, cache: Path, *extra: str) -> dict[str, 
             sys.executable,
             "-m",
             "pretrainlab.train",
-            f"objective={setting.objective}",
-            f"model={setting.size}",
-            f"data.block_size={setting.block}",
-            f"data.batch_size={setting.batch}",
+            *run_overrides(setting),
             "trainer.max_steps=1",
-            "logger=none",
-            "evaluation.cloze=false",
-            "evaluation.continuation=false",
-            "evaluation.probe=false",
-            "evaluation.generation=false",
             f"hydra.run.dir={tmp}/run",
             # a new process imports this file as a module, not as __main__
             "+callbacks.first_step._target_=benchmarks.throughput.FirstStepStamp",

@@ -90,6 +90,13 @@ def test_lines_that_are_not_utf8_are_skipped_and_counted_up_to_a_share(tmp_path:
     assert "skipped 1 lines that are not UTF-8" in caplog.text
     with pytest.raises(ConfigError, match=r"^data.path=\S+mixed.txt: 1 of 200 lines are not UTF-8"):
         load(tmp_path, path=str(path), max_bad_line_fraction=0.0)
+    # In a folder the share is over all its lines, clean files included.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    path.rename(folder / "mixed.txt")
+    (folder / "clean.txt").write_text("".join(f"干净的第{i}行\n" for i in range(100)), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^data.path=\S+folder: 1 of 300 lines are not UTF-8"):
+        load(tmp_path, path=str(folder), max_bad_line_fraction=0.0)
 
 
 def test_files_jsonl_reads_text_column(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -222,3 +223,25 @@ def test_model_trains_in_train_mode(
 def test_validate_at_start_off_skips_the_step_zero_validation(compose_cfg, run_training):
     metrics = run_training(compose_cfg("objective=causal", "trainer.validate_at_start=false"))
     assert metrics["val/loss_initial"] is None and metrics["val/loss"] is not None
+
+
+def test_step_metrics_are_logged_only_on_steps_the_loggers_write(compose_cfg, run_training, tmp_path):
+    """train/lr and the throughput are logged on the steps Lightning writes train/loss (every
+    log_every_n_steps), with the values of those steps."""
+    out = tmp_path / "run"
+    overrides = (
+        "logger=csv",
+        "trainer.max_steps=6",
+        "trainer.log_every_n_steps=2",
+        "trainer.val_check_interval=3",
+    )
+    run_training(compose_cfg("objective=causal", *overrides, output_dir=out))
+    (metrics_csv,) = out.rglob("metrics.csv")
+    rows = [row for row in csv.DictReader(metrics_csv.open()) if row["train/loss"]]
+    assert [int(row["step"]) for row in rows] == [1, 3, 5]  # 0-based: optimizer steps 2, 4, 6
+    assert all(row["train/lr"] and row["tokens_seen"] and row["train/tokens_per_s"] for row in rows)
+    # The rate of the step the row belongs to, not one left over from an earlier step: cosine
+    # decay over 6 steps from lr 1e-3, no warm-up step (int(0.05 * 6) = 0).
+    for row in rows:
+        expected = 1e-3 * 0.5 * (1 + math.cos(math.pi * int(row["step"]) / 6))
+        assert float(row["train/lr"]) == pytest.approx(expected, rel=1e-5)

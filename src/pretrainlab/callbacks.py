@@ -46,13 +46,16 @@ class StopOnNonFiniteLoss(pl.Callback):
         )
 
 
-def logging_step(trainer: pl.Trainer) -> bool:
-    """Whether values logged now reach the loggers (every ``log_every_n_steps`` optimizer steps).
+def logging_step(trainer: pl.Trainer, step: int) -> bool:
+    """Whether values logged for optimizer step ``step`` (1-based) reach the loggers: every
+    ``log_every_n_steps`` steps.
 
-    Step-level values logged on other steps are never written, so skipping them saves the cost
-    of ``self.log`` on every step (measurable for small models; see benchmarks/README.md).
+    The loggers write only these steps, so a value logged on another step would be overwritten
+    by the next step's or, if that logs nothing, written late and stale. Logging only here saves
+    ``self.log`` on every step (measurable for small models; see benchmarks/README.md) and writes
+    each value at the step it belongs to.
     """
-    return trainer.global_step % max(trainer.log_every_n_steps, 1) == 0
+    return step % max(trainer.log_every_n_steps, 1) == 0
 
 
 class TokenThroughput(pl.Callback):
@@ -90,7 +93,7 @@ class TokenThroughput(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self.tokens += pl_module.count_tokens(batch) * trainer.world_size
-        if not logging_step(trainer):
+        if not logging_step(trainer, trainer.global_step):  # already advanced to this step
             return
         elapsed = self.train_seconds + (time.perf_counter() - self._since if self._since else 0.0)
         pl_module.log("tokens_seen", float(self.tokens), on_step=True, on_epoch=False)

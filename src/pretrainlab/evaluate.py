@@ -100,6 +100,7 @@ def evaluate_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     from hydra.utils import get_class
 
     from pretrainlab.infer import load_run
+    from pretrainlab.train import build_datamodule  # here: train imports this module
 
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.exists():
@@ -109,13 +110,7 @@ def evaluate_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     OmegaConf.update(cfg, "paths.output_dir", str(run_dir))  # the saved value interpolates hydra:
     run = load_run(run_dir)
     objective_cls: type[PretrainingObjective] = get_class(cfg.objective._target_)
-    datamodule = PretrainDataModule(
-        cfg.data,
-        cfg.tokenizer,
-        objective_cls.name,
-        cfg.paths.cache_dir,
-        packed_length=objective_cls.packed_length(cfg.data.block_size, cfg.objective),
-    )
+    datamodule = build_datamodule(cfg, objective_cls)
     datamodule.setup()
     metrics = evaluate_module(cfg, run.module, datamodule, run_dir)
     old = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))

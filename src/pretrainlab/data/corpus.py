@@ -74,18 +74,18 @@ def count_undecodable_lines(files: list[str]) -> tuple[int, int]:
     bad = total = 0
     for name in files:
         raw = Path(name).read_bytes()
+        if _is_utf8(raw):  # no list of lines for a clean file, just their count
+            total += raw.count(b"\n") + (1 if raw and not raw.endswith(b"\n") else 0)
+            continue
         lines = raw.splitlines()
         total += len(lines)
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            bad += sum(1 for line in lines if not _is_utf8(line))
+        bad += sum(1 for line in lines if not _is_utf8(line))
     return bad, total
 
 
-def _is_utf8(line: bytes) -> bool:
+def _is_utf8(data: bytes) -> bool:
     try:
-        line.decode("utf-8")
+        data.decode("utf-8")
     except UnicodeDecodeError:
         return False
     return True

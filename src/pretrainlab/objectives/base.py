@@ -25,6 +25,7 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
+from pretrainlab.callbacks import logging_step
 from pretrainlab.config import ConfigError
 from pretrainlab.data.sampling import CORPUS_TOKENS
 from pretrainlab.models.backbones import backbone_config, check_family, max_positions_of
@@ -164,8 +165,8 @@ class PretrainingObjective(pl.LightningModule):
         loss = self(batch).loss
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         # Logged here rather than by LearningRateMonitor, which refuses to run without a logger;
-        # global_step is not yet advanced here, so the next one decides.
-        if (self.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0:
+        # global_step is not yet advanced to the step this batch makes.
+        if logging_step(self.trainer, self.global_step + 1):
             self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 

@@ -58,6 +58,13 @@ class ComparisonError(RuntimeError):
 # --------------------------------------------------------------------------- measurement
 
 
+def now() -> float:
+    """A host clock reading after the GPU's queued work is done (the step really ended)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 @dataclass
 class Clock:
     """Per-step end times and per-batch token counts, in call order."""
@@ -71,7 +78,8 @@ class Clock:
     def count(self, batch: dict[str, torch.Tensor], pad_id: int) -> None:
         ids, labels = batch["input_ids"], batch["labels"]
         if self.first_ids is None:
-            self.first_ids = int((ids.long() * torch.arange(1, ids.numel() + 1).view_as(ids)).sum())
+            ids_cpu = ids.long().cpu()
+            self.first_ids = int((ids_cpu * torch.arange(1, ids.numel() + 1).view_as(ids_cpu)).sum())
         mask = batch.get("attention_mask")
         self.useful.append(int(mask.sum()) if mask is not None else int((ids != pad_id).sum()))
         self.total.append(int(ids.numel()))
@@ -132,6 +140,38 @@ class Setting:
     steps: int
 
 
+@dataclass(frozen=True)
+class Mode:
+    """How the variants run on one kind of machine.
+
+    A and B run in bf16 autocast where ``bf16`` (as a GPU user of the recipe would set
+    ``bf16=True``); C and C fast are pretrainlab's presets for the machine, given as overrides.
+    """
+
+    name: str
+    bf16: bool
+    c: tuple[str, ...]
+    c_fast: tuple[str, ...]
+    sizes: tuple[str, ...]
+    blocks: tuple[int, ...]
+    headline: tuple[str, int]
+    batch: int
+    steps: int
+    warmup: int
+
+
+MODES = {
+    "cpu": Mode(
+        "cpu", False, ("trainer=cpu",), ("trainer=cpu_fast",),
+        sizes=("tiny", "small"), blocks=(128, 384), headline=("small", 384), batch=16, steps=16, warmup=2,
+    ),
+    "gpu": Mode(
+        "gpu", True, ("trainer=gpu", "trainer.compile=false"), ("trainer=gpu",),
+        sizes=("base",), blocks=(512,), headline=("base", 512), batch=32, steps=60, warmup=10,
+    ),
+}  # fmt: skip
+
+
 def run_overrides(setting: Setting) -> list[str]:
     """What a user sets for this setting on the command line, end-of-run evaluation off."""
     return [
@@ -147,11 +187,13 @@ def run_overrides(setting: Setting) -> list[str]:
     ]
 
 
-def compose_cfg(setting: Setting, out: Path, trainer: str = "cpu", extra: tuple[str, ...] = ()) -> DictConfig:
+def compose_cfg(
+    setting: Setting, out: Path, trainer: tuple[str, ...] = ("trainer=cpu",), extra: tuple[str, ...] = ()
+) -> DictConfig:
     """The pretrainlab config a user would run for this setting (end-of-run evaluation off)."""
     overrides = [
         *run_overrides(setting),
-        f"trainer={trainer}",
+        *trainer,
         f"trainer.max_steps={setting.steps}",
         f"trainer.val_check_interval={setting.steps}",
         f"trainer.limit_val_batches={VAL_BATCHES}",
@@ -182,14 +224,17 @@ def validation_loss(model: torch.nn.Module, datamodule: Any) -> float:
     """Mean loss per target token of a transformers model on the first VAL_BATCHES validation batches
     (pretrainlab's collator, seeded by content: the same masks for every variant)."""
     model.eval()
+    device = next(model.parameters()).device
     total = count = 0.0
-    for i, batch in enumerate(datamodule.val_dataloader()):
-        if i == VAL_BATCHES:
-            break
-        inputs = {k: v for k, v in batch.items() if not k.startswith("_")}
-        targets = int((inputs["labels"] != -100).sum())
-        total += float(model(**inputs).loss) * targets
-        count += targets
+    # A compiled body runs eagerly here: fp32, and no second (eval-mode) compilation to wait for.
+    with torch.compiler.set_stance("force_eager"):
+        for i, batch in enumerate(datamodule.val_dataloader()):
+            if i == VAL_BATCHES:
+                break
+            inputs = {k: v.to(device) for k, v in batch.items() if not k.startswith("_")}
+            targets = int((inputs["labels"] != -100).sum())
+            total += float(model(**inputs).loss) * targets
+            count += targets
     return total / count
 
 
@@ -200,22 +245,26 @@ def cosine(optimizer: torch.optim.Optimizer, steps: int) -> Any:
 
 
 def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimizer of pretrainlab's configure_optimizers, spelt out."""
+    """The optimizer of pretrainlab's configure_optimizers, spelt out (fused on CUDA, as there)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    fused = {"fused": True} if next(model.parameters()).is_cuda else {}
     return torch.optim.AdamW(
         [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=LR,
         betas=BETAS,
         eps=EPS,
         weight_decay=WEIGHT_DECAY,
+        **fused,
     )
 
 
 # --------------------------------------------------------------------------- the variants
 
 
-def run_classic(setting: Setting, cfg: DictConfig, datamodule: Any, warmup: int) -> dict[str, Any]:
+def run_classic(
+    setting: Setting, cfg: DictConfig, datamodule: Any, warmup: int, bf16: bool = False
+) -> dict[str, Any]:
     """A: transformers Trainer, one document per example truncated to the block, padded per batch."""
     import datasets
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
@@ -236,7 +285,7 @@ def run_classic(setting: Setting, cfg: DictConfig, datamodule: Any, warmup: int)
 
     class StepEnds(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            clock.ends.append(time.perf_counter())
+            clock.ends.append(now())
 
     model = fresh_module(cfg, datamodule).model
     start_weights = weights_checksum(model)
@@ -257,6 +306,7 @@ def run_classic(setting: Setting, cfg: DictConfig, datamodule: Any, warmup: int)
             save_strategy="no",
             report_to=[],
             use_cpu=not torch.cuda.is_available(),
+            bf16=bf16,
             dataloader_num_workers=0,
             seed=0,
             disable_tqdm=True,
@@ -267,17 +317,25 @@ def run_classic(setting: Setting, cfg: DictConfig, datamodule: Any, warmup: int)
         with PeakMemory() as memory:
             started = time.perf_counter()
             trainer.train()
-            wall = time.perf_counter() - started
+            wall = now() - started
     return _result("A", clock, warmup, memory, wall, model, datamodule, start_weights)
 
 
 def run_bare(
-    setting: Setting, cfg: DictConfig, datamodule: Any, warmup: int, steps: int | None = None
+    setting: Setting,
+    cfg: DictConfig,
+    datamodule: Any,
+    warmup: int,
+    steps: int | None = None,
+    bf16: bool = False,
 ) -> dict[str, Any]:
-    """B: the same packed batches and loss as C, in a plain loop (AdamW, cosine, clipping)."""
+    """B: the same packed batches and loss as C, in a plain loop (AdamW, cosine, clipping;
+    on a GPU, the batches are copied there as Lightning does, and bf16 autocast is on where C's is)."""
     steps = steps or setting.steps
     module = fresh_module(cfg, datamodule)
     start_weights = weights_checksum(module.model)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module.to(device)
     datamodule.plan_stream(cfg.seed, total_batches=steps)
     optimizer = adamw(module)
     schedule = cosine(optimizer, steps)
@@ -285,16 +343,18 @@ def run_bare(
     module.train()
     with PeakMemory() as memory:
         started = time.perf_counter()
-        for batch in datamodule.train_dataloader():
-            clock.count(batch, datamodule.tokenizer.pad_token_id)
-            loss = module(batch).loss
+        for cpu_batch in datamodule.train_dataloader():
+            clock.count(cpu_batch, datamodule.tokenizer.pad_token_id)
+            batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = module(batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), CLIP)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            clock.ends.append(time.perf_counter())
-        wall = time.perf_counter() - started
+            clock.ends.append(now())
+        wall = now() - started
     return _result("B", clock, warmup, memory, wall, module.model, datamodule, start_weights)
 
 
@@ -313,11 +373,16 @@ class StepClock(pl.Callback):
         self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int
     ) -> None:
         self.clock.count(batch, self.pad_id)
-        self.clock.ends.append(time.perf_counter())
+        self.clock.ends.append(now())
 
 
 def run_pretrainlab(
-    name: str, setting: Setting, trainer: str, datamodule: Any, warmup: int, steps: int | None = None
+    name: str,
+    setting: Setting,
+    trainer: tuple[str, ...],
+    datamodule: Any,
+    warmup: int,
+    steps: int | None = None,
 ) -> dict[str, Any]:
     """C: ``pretrainlab.train.train`` itself, as a user runs it, plus one callback reading the clock.
 
@@ -351,7 +416,7 @@ def run_pretrainlab(
             with PeakMemory() as memory:
                 started = time.perf_counter()
                 train_module.train(cfg)
-                wall = time.perf_counter() - started
+                wall = now() - started
         finally:
             train_module.build_objective = real_build
             del _CLOCKS[key]
@@ -384,9 +449,9 @@ def _result(
 
 
 def measure(
-    setting: Setting, reps: int, warmup: int, fast: bool, same_time: bool, cache: Path
+    setting: Setting, mode: Mode, reps: int, warmup: int, fast: bool, same_time: bool, cache: Path
 ) -> dict[str, Any]:
-    """Every variant, ``reps`` times each; medians; the like-for-like checks."""
+    """Every variant, ``reps`` times each; medians; the like-for-like checks; model FLOPs."""
     from hydra.utils import get_class
 
     from pretrainlab.train import build_datamodule
@@ -396,34 +461,72 @@ def measure(
         cfg = compose_cfg(setting, Path(tmp))
         datamodule = build_datamodule(cfg, get_class(cfg.objective._target_))
         datamodule.setup()
-        fresh_module(cfg, datamodule)  # sets the collator on the datamodule
+        reference = fresh_module(cfg, datamodule)  # also sets the collator on the datamodule
+        predicted = cfg.objective.mask_probability if setting.objective == "masked" else 1.0
+        per_token = flops_per_token(reference.model, setting, predicted)
         runs: dict[str, list[dict[str, Any]]] = {}
         variants: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-            ("A", lambda: run_classic(setting, cfg, datamodule, warmup)),
-            ("B", lambda: run_bare(setting, cfg, datamodule, warmup)),
-            ("C", lambda: run_pretrainlab("C", setting, "cpu", datamodule, warmup)),
+            ("A", lambda: run_classic(setting, cfg, datamodule, warmup, bf16=mode.bf16)),
+            ("B", lambda: run_bare(setting, cfg, datamodule, warmup, bf16=mode.bf16)),
+            ("C", lambda: run_pretrainlab("C", setting, mode.c, datamodule, warmup)),
         ]
-        if fast:
+        if fast:  # two more warm-up steps: compilation
             variants.append(
-                ("C_fast", lambda: run_pretrainlab("C_fast", setting, "cpu_fast", datamodule, warmup + 2))
+                ("C_fast", lambda: run_pretrainlab("C_fast", setting, mode.c_fast, datamodule, warmup + 2))
             )
         for _ in range(reps):
             for name, run in variants:
                 runs.setdefault(name, []).append(run())
         summary = {name: _median(results) for name, results in runs.items()}
         check_like_for_like(setting, summary, runs)
+        peak = peak_flops() if mode.bf16 else None
+        for row in summary.values():
+            row["model_tflops"] = per_token * row["useful_tokens_per_s"] / 1e12
+            row["mfu"] = row["model_tflops"] * 1e12 / peak if peak else None
         if same_time:
             budget = summary["A"]["wall_s"]
             for name, run_for in (
-                ("B", lambda n: run_bare(setting, cfg, datamodule, 1, steps=n)),
-                ("C", lambda n: run_pretrainlab("C", setting, "cpu", datamodule, 1, steps=n)),
+                ("B", lambda n: run_bare(setting, cfg, datamodule, 1, steps=n, bf16=mode.bf16)),
+                ("C", lambda n: run_pretrainlab("C", setting, mode.c, datamodule, 1, steps=n)),
             ):
                 n = max(2, int(budget / summary[name]["s_per_step"]))
                 summary[name]["val_loss_same_time"] = run_for(n)["val_loss"]
                 summary[name]["steps_same_time"] = n
             summary["A"]["val_loss_same_time"] = summary["A"]["val_loss"]
             summary["A"]["steps_same_time"] = setting.steps
-    return {"setting": asdict(setting), "variants": summary}
+    return {"setting": asdict(setting), "flops_per_token": per_token, "variants": summary}
+
+
+def flops_per_token(model: torch.nn.Module, setting: Setting, predicted_share: float) -> float:
+    """Model FLOPs of one training step per useful token (forward + backward), counted the usual
+    way (Kaplan et al. 2020; PaLM, appendix B) so that MFU compares with published figures.
+
+    6 per weight of every matrix a token passes through, plus 12 x layers x width x block for
+    attention's scores and mixing (the full square, also for causal, as PaLM counts it).
+    Embedding lookups cost nothing. The prediction head counts only at the positions the
+    objective needs (all for causal; the masked 15% for MLM, which is the sparse head's work):
+    padding and recomputed positions are not useful work.
+    """
+    config = model.config
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    embedding_ids = {id(p) for m in embeddings for p in m.parameters()}
+    output = model.get_output_embeddings()
+    skip = embedding_ids | ({id(output.weight)} if output is not None else set())
+    body_ids = {id(p) for p in model.base_model.parameters()}
+    matrices = [(id(p), p.numel()) for p in model.parameters() if p.ndim == 2 and id(p) not in skip]
+    body = sum(n for i, n in matrices if i in body_ids)
+    head = sum(n for i, n in matrices if i not in body_ids) + config.vocab_size * config.hidden_size
+    layers = config.num_hidden_layers
+    return 6 * body + 12 * layers * config.hidden_size * setting.block + 6 * head * predicted_share
+
+
+def peak_flops() -> float | None:
+    """Dense bf16 peak of the GPU in use (datasheet), for MFU; None where not known."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    known = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # SXM parts, without sparsity
+    return next((peak for key, peak in known.items() if key in name), None)
 
 
 def _median(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -495,7 +598,8 @@ def first_step_seconds(setting: Setting, cache: Path, *extra: str) -> dict[str, 
             *extra,
         ]
         root = Path(__file__).resolve().parents[1]
-        env = {**os.environ, "PRETRAINLAB_CACHE": str(cache), "PYTHONPATH": str(root)}
+        path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PRETRAINLAB_CACHE": str(cache), "PYTHONPATH": path}
         started = time.time()
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:
@@ -568,41 +672,54 @@ def ratio(results: list[dict[str, Any]], objective: str, size: str, block: int, 
 def main(argv: list[str] | None = None) -> None:
     """Run the grid, print the table, and end with one JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="model=small, block 384, 1 repetition (< 5 min)")
+    parser.add_argument("--quick", action="store_true", help="headline setting, 1 repetition (< 5 min)")
+    parser.add_argument(
+        "--mode",
+        choices=sorted(MODES),
+        default="gpu" if torch.cuda.is_available() else "cpu",
+        help="variants' precision and presets, and the default grid (default: gpu where CUDA is)",
+    )
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--no-fast", action="store_true", help="skip C with trainer=cpu_fast")
-    parser.add_argument("--sizes", nargs="+", help="model sizes (default: tiny small; --quick: small)")
-    parser.add_argument(
-        "--blocks", nargs="+", type=int, help="block lengths (default: 128 384; --quick: 384)"
-    )
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--no-fast", action="store_true", help="skip C fast (trainer=cpu_fast / gpu)")
+    parser.add_argument("--sizes", nargs="+", help="model sizes (cpu: tiny small; gpu: base)")
+    parser.add_argument("--blocks", nargs="+", type=int, help="block lengths (cpu: 128 384; gpu: 512)")
+    parser.add_argument("--out", type=Path, help="also append each setting's result to this JSON-lines file")
     parser.add_argument(
         "--cache", default=os.environ.get("PRETRAINLAB_CACHE", str(Path.home() / ".cache/pretrainlab"))
     )
     args = parser.parse_args(argv)
     started = time.time()
-    sizes, blocks = (["small"], [384]) if args.quick else (["tiny", "small"], [128, 384])
+    mode = MODES[args.mode]
+    headline = mode.headline
+    sizes, blocks = ([headline[0]], [headline[1]]) if args.quick else (list(mode.sizes), list(mode.blocks))
     sizes, blocks = args.sizes or sizes, args.blocks or blocks
     reps = args.reps or (1 if args.quick else 3)
-    steps = args.steps or (8 if args.quick else 16)
-    warmup = 2
+    steps = args.steps or (mode.steps // 2 if args.quick else mode.steps)
+    batch = args.batch or mode.batch
+    warmup = mode.warmup
     cache = Path(args.cache).expanduser()
-    headline = ("small", 384)
     results = []
     for objective in OBJECTIVES:
         for size in sizes:
             for block in blocks:
-                setting = Setting(objective, size, block, args.batch, steps)
+                setting = Setting(objective, size, block, batch, steps)
                 print(f"# {setting}", file=sys.stderr, flush=True)
                 fast = not args.no_fast and (size, block) == headline
-                results.append(measure(setting, reps, warmup, fast, same_time=not args.quick, cache=cache))
-    prep = preparation_times(Setting("causal", "small", 384, args.batch, steps), cache, reps=3)
-    start_setting = Setting("causal", "small", 384, args.batch, steps)
-    first_step = first_step_seconds(start_setting, cache)
-    # --quick leaves out the second start-up measurement (about 12 s) to stay under 5 minutes.
-    first_step_lean = (
-        None if args.quick else first_step_seconds(start_setting, cache, "trainer.validate_at_start=false")
+                same_time = not args.quick and mode.name == "cpu"
+                results.append(measure(setting, mode, reps, warmup, fast, same_time, cache))
+                if args.out:
+                    with args.out.open("a") as out:
+                        out.write(json.dumps(results[-1]) + "\n")
+    start_setting = Setting("causal", "small", 384, batch, steps)
+    prep = preparation_times(start_setting, cache, reps=3)
+    first_step = first_step_seconds(start_setting, cache, *mode.c)
+    # --quick leaves out the second start-up measurement (about 25 s) to stay under 5 minutes.
+    first_step_validated = (
+        None
+        if args.quick
+        else first_step_seconds(start_setting, cache, *mode.c, "trainer.validate_at_start=true")
     )
     print(table(results))
     summary = {
@@ -614,22 +731,30 @@ def main(argv: list[str] | None = None) -> None:
         "c_fast_over_a_causal": ratio(results, "causal", *headline, "C_fast", "A"),
         "c_over_a_masked_128": ratio(results, "masked", "small", 128, "C", "A"),
         "c_over_a_causal_128": ratio(results, "causal", "small", 128, "C", "A"),
+        "mfu": {
+            f"{r['setting']['objective']}/{name}": v["mfu"]
+            for r in results
+            for name, v in r["variants"].items()
+            if v["mfu"] is not None and (r["setting"]["size"], r["setting"]["block"]) == headline
+        },
         "first_step_s": first_step["first_step_s"],
-        "first_step_s_without_initial_validation": first_step_lean and first_step_lean["first_step_s"],
         "first_step_breakdown": first_step,
+        "first_step_s_with_initial_validation": first_step_validated and first_step_validated["first_step_s"],
+        "first_step_with_initial_validation_breakdown": first_step_validated,
         **prep,
         "settings": {
+            "mode": mode.name,
             "quick": args.quick,
             "sizes": sizes,
             "blocks": blocks,
-            "batch": args.batch,
+            "batch": batch,
             "steps": steps,
             "warmup_steps": warmup,
             "repetitions": reps,
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
             "torch": torch.__version__,
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "total_s": round(time.time() - started, 1),
         },
         "results": results,

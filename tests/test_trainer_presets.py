@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from pretrainlab.config import ConfigError, validate
@@ -50,3 +53,35 @@ def test_fused_adamw_only_on_cuda(compose_cfg):
     module._trainer = FakeTrainer()  # only estimated_stepping_batches is read
     optimizer = module.configure_optimizers()["optimizer"]
     assert not optimizer.defaults.get("fused")
+
+
+class GradNormAtStep(pl.Callback):
+    """Records the gradient norm the optimizer steps with (after clipping)."""
+
+    norms: ClassVar[list[float]] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        def record(optimizer: torch.optim.Optimizer, *args: object) -> None:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            self.norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))))
+
+        trainer.optimizers[0].register_step_post_hook(record)
+
+
+def test_fused_adamw_is_clipped_under_bf16_autocast(compose_cfg, run_training):
+    """The GPU preset's combination (bf16-mixed, fused AdamW, clipping), run on CPU: Lightning's
+    mixed-precision plugin refuses to clip for fused optimizers; without a loss scaler the
+    gradients are true ones, and pretrainlab clips them itself."""
+    GradNormAtStep.norms.clear()
+    cfg = compose_cfg(
+        "objective=causal",
+        "trainer.precision=bf16-mixed",
+        "+optimizer.optimizer.fused=true",
+        "trainer.gradient_clip_val=0.01",
+        "trainer.max_steps=2",
+        f"+callbacks.grad_norm._target_={__name__}.GradNormAtStep",
+    )
+    metrics = run_training(cfg)
+    assert metrics["status"] == "ok" and metrics["steps"] == 2
+    assert len(GradNormAtStep.norms) == 2
+    assert all(norm <= 0.01 * (1 + 1e-4) for norm in GradNormAtStep.norms), GradNormAtStep.norms

@@ -208,7 +208,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             total_batches=settings["max_steps"] * batches_per_step,
             start_batch=_checkpoint_step(resume_from) * batches_per_step if resume_from else 0,
         )
-        # A resumed run has its initial validation in its restored curve.
+        # A resumed run has its initial validation in its restored curve. (Configs saved before
+        # the key existed were validated at the start.)
         if resume_from is None and cfg.trainer.get("validate_at_start", True):
             trainer.validate(module, datamodule=datamodule, verbose=False)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)

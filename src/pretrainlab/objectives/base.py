@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from torchmetrics import MeanMetric
 from transformers import (
     AutoModel,
@@ -209,6 +210,25 @@ class PretrainingObjective(pl.LightningModule):
         otherwise recompile.
         """
         self.model.base_model.compile()
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip also with the fused AdamW that ``configure_optimizers`` picks on CUDA.
+
+        Lightning's mixed-precision plugin refuses to clip for any optimizer that unscales
+        gradients inside its own step (the fused ones), because under fp16 a loss scaler's
+        gradients are still scaled at clipping time. bf16 autocast has no scaler: the gradients
+        are the true ones, so they are clipped as in full precision (what ``trainer=gpu`` needs).
+        """
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW without weight decay on biases and norms, stepped per optimizer step.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from benchmarks.throughput import Clock, ComparisonError, Setting, check_like_for_like
+from benchmarks.throughput import Clock, ComparisonError, Setting, check_like_for_like, flops_per_token
 
 SETTING = Setting("causal", "small", 4, 2, steps=3)
 
@@ -44,3 +44,23 @@ def test_the_comparison_refuses_unequal_work():
         check_like_for_like(SETTING, {**good, "C": _variant(3, 1.0, 8)}, runs)
     with pytest.raises(ComparisonError, match="not full"):
         check_like_for_like(SETTING, {**good, "B": _variant(3, 1.0, 7, 5), "C": _variant(3, 1.0, 7, 5)}, runs)
+
+
+def test_model_flops_count_matrices_attention_and_only_the_needed_head_positions():
+    """6 per matrix weight, 12 x layers x width x block for attention, the vocabulary projection
+    only where the objective predicts; embedding lookups are free."""
+    from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
+
+    d, ff, layers, vocab, block = 16, 32, 2, 100, 8
+    attention = 12 * layers * d * block
+    shape = {"vocab_size": vocab, "hidden_size": d, "intermediate_size": ff, "num_hidden_layers": layers}
+    llama = LlamaForCausalLM(LlamaConfig(**shape, num_attention_heads=2, num_key_value_heads=2))
+    body = layers * (4 * d * d + 3 * d * ff)  # q, k, v, o; gate, up, down
+    causal = Setting("causal", "tiny", block, 2, steps=1)
+    assert flops_per_token(llama, causal, 1.0) == 6 * body + attention + 6 * vocab * d
+
+    bert = BertForMaskedLM(BertConfig(**shape, num_attention_heads=2))
+    body = layers * (4 * d * d + 2 * d * ff)
+    head = d * d + vocab * d  # the head's transform, then the (tied) decoder
+    masked = Setting("masked", "tiny", block, 2, steps=1)
+    assert flops_per_token(bert, masked, 0.15) == pytest.approx(6 * body + attention + 6 * head * 0.15)

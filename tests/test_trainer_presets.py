@@ -36,8 +36,15 @@ def test_gpu_preset_without_a_gpu_stops_before_training(compose_cfg):
         validate(compose_cfg("trainer=gpu"))
 
 
-def test_fused_adamw_only_on_cuda(compose_cfg):
-    """configure_optimizers asks for the fused kernel on CUDA only (CPU AdamW has none)."""
+@pytest.mark.parametrize(
+    ("device", "scaler", "fused"),
+    [("cpu", None, False), ("cuda", None, True), ("cuda", "fp16 loss scaler", False)],
+)
+def test_fused_adamw_on_cuda_unless_a_loss_scaler_is_on(compose_cfg, monkeypatch, device, scaler, fused):
+    """configure_optimizers asks for the fused kernel on CUDA, but not under fp16's loss scaler,
+    where Lightning cannot clip a fused optimizer's gradients."""
+    from types import SimpleNamespace
+
     from hydra.utils import get_class
 
     from pretrainlab.train import build_datamodule, build_objective
@@ -46,13 +53,12 @@ def test_fused_adamw_only_on_cuda(compose_cfg):
     datamodule = build_datamodule(cfg, get_class(cfg.objective._target_))
     datamodule.setup()
     module = build_objective(cfg, datamodule)
-
-    class FakeTrainer:
-        estimated_stepping_batches = 10
-
-    module._trainer = FakeTrainer()  # only estimated_stepping_batches is read
+    # The device configure_optimizers reads (the weights stay on the CPU).
+    monkeypatch.setattr(type(module), "device", property(lambda self: torch.device(device)))
+    plugin = SimpleNamespace(scaler=scaler)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=10, precision_plugin=plugin)
     optimizer = module.configure_optimizers()["optimizer"]
-    assert not optimizer.defaults.get("fused")
+    assert bool(optimizer.defaults.get("fused")) is fused
 
 
 class GradNormAtStep(pl.Callback):

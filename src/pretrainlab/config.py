@@ -267,8 +267,8 @@ def validate(cfg: DictConfig) -> None:
         # Lightning's way to switch validation off; here every run is judged by its final
         # validation loss, so that would fail only after training.
         raise ConfigError(
-            f"trainer.limit_val_batches={limit_val}: must be positive (every run ends with a "
-            "validation; trainer.validate_at_start=false skips only the one before the first step)"
+            f"trainer.limit_val_batches={limit_val}: must be positive (a run's result is its "
+            "final validation loss)"
         )
     _check_strategy(cfg.trainer)
     _check_devices(cfg.trainer)

@@ -233,13 +233,17 @@ class PretrainingObjective(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW without weight decay on biases and norms, stepped per optimizer step.
 
-        On CUDA the fused kernel is used unless ``optimizer.optimizer.fused`` says otherwise.
+        On CUDA the fused kernel is used unless ``optimizer.optimizer.fused`` says otherwise
+        (or fp16 autocast's loss scaler is on).
         """
         decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
         extra = {}
         keywords = getattr(self.optimizer_factory, "keywords", {})
-        if self.device.type == "cuda" and keywords.get("fused") is None:
+        # Not under fp16's loss scaler: Lightning cannot clip the gradients of a fused optimizer
+        # there (see configure_gradient_clipping).
+        scaler = getattr(getattr(self.trainer, "precision_plugin", None), "scaler", None)
+        if self.device.type == "cuda" and keywords.get("fused") is None and scaler is None:
             extra["fused"] = True
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = self.optimizer_factory(groups, **extra)

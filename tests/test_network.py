@@ -125,3 +125,31 @@ def test_wandb_that_cannot_start_online_falls_back_to_offline(compose_cfg, monke
         assert any("W&B could not start online (CommError" in r.getMessage() for r in caplog.records)
     finally:
         wandb.finish()
+
+
+def test_eval_and_generate_commands_run_offline(
+    trained_run, compose_cfg, tmp_path, network_attempts, restore_offline, capsys
+):
+    """pretrainlab-eval applies the run's saved ``offline`` setting, pretrainlab-generate reads
+    only the run folder: both switch the libraries offline, whatever the process had."""
+    from omegaconf import OmegaConf
+
+    from pretrainlab.evaluate import evaluate_run
+    from pretrainlab.infer import generate_main
+    from pretrainlab.network import is_offline
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run("causal"), run)
+    (run / ".hydra").mkdir()
+    cfg = compose_cfg(*trained_run.overrides("causal"), output_dir=run)
+    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    quick = ["evaluation.probe=false", "evaluation.cloze=false", "evaluation.continuation=false"]
+
+    apply_offline(False)
+    evaluate_run(run, quick)
+    assert is_offline()
+
+    apply_offline(False)
+    generate_main([str(run), "人民", "decoding.max_new_tokens=4"])
+    assert is_offline() and capsys.readouterr().out.strip()
+    assert network_attempts == []

@@ -22,6 +22,7 @@ from pretrainlab.evaluation.continuation import evaluate_continuation, make_cont
 from pretrainlab.evaluation.generation import evaluate_generation
 from pretrainlab.evaluation.probe import evaluate_probe, load_labelled_files, split_labelled
 from pretrainlab.generation.decode import generation_config
+from pretrainlab.network import apply_offline
 from pretrainlab.objectives.base import PretrainingObjective
 from pretrainlab.utils import write_json_atomic, write_jsonl
 
@@ -108,6 +109,7 @@ def evaluate_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     cfg = OmegaConf.load(saved)
     cfg.merge_with_dotlist(overrides)
     OmegaConf.update(cfg, "paths.output_dir", str(run_dir))  # the saved value interpolates hydra:
+    apply_offline(cfg.get("offline", True))  # as the run itself did (its data may be a hub name)
     run = load_run(run_dir)
     objective_cls: type[PretrainingObjective] = get_class(cfg.objective._target_)
     datamodule = build_datamodule(cfg, objective_cls)

@@ -149,9 +149,15 @@ def _parser(prog: str, what: str) -> argparse.ArgumentParser:
 
 
 def _run_cli(main: Any, args: argparse.Namespace) -> None:
-    """Seed, load the run, call ``main(run)``; bad input becomes one ``error:`` line, exit 2."""
+    """Seed, load the run, call ``main(run)``; bad input becomes one ``error:`` line, exit 2.
+
+    Offline throughout: everything comes from the run folder.
+    """
     from transformers.utils import logging as hf_logging
 
+    from pretrainlab.network import apply_offline
+
+    apply_offline(True)
     hf_logging.disable_progress_bar()
     try:
         torch.manual_seed(args.seed)

@@ -48,6 +48,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from pretrainlab import config_dir
+from pretrainlab.objectives.base import IGNORE
 
 OBJECTIVES = {"masked": "bert", "causal": "llama"}
 LR, BETAS, EPS, WEIGHT_DECAY, WARMUP, CLIP = 1e-3, (0.9, 0.98), 1e-6, 0.01, 0.05, 1.0
@@ -86,7 +87,7 @@ class Clock:
         mask = batch.get("attention_mask")
         self.useful.append(int(mask.sum()) if mask is not None else int((ids != pad_id).sum()))
         self.total.append(int(ids.numel()))
-        self.targets.append(int((labels != -100).sum()))
+        self.targets.append(int((labels != IGNORE).sum()))
 
     def summary(self, warmup: int) -> dict[str, float]:
         """Rates over steps warmup+1 .. last (batches warmup .. last-1, 0-based)."""
@@ -241,7 +242,7 @@ def validation_loss(model: torch.nn.Module, datamodule: Any) -> float:
             if i == VAL_BATCHES:
                 break
             inputs = {k: v.to(device) for k, v in batch.items() if not k.startswith("_")}
-            targets = int((inputs["labels"] != -100).sum())
+            targets = int((inputs["labels"] != IGNORE).sum())
             total += float(model(**inputs).loss) * targets
             count += targets
     return total / count

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -51,6 +52,16 @@ CASES = [
         "mean noise span length below 1",
         ("objective=seq2seq", "objective.mean_noise_span_length=0.5"),
         r"objective.mean_noise_span_length=0.5: must be at least 1",
+    ),
+    Case(
+        "unknown noise layout",
+        ("objective=seq2seq", "objective.noise_layout=foo"),
+        r"objective.noise_layout=foo: must be one of reference, uniform$",
+    ),
+    Case(
+        "gMASK minimum ratio outside [0, 1]",
+        ("objective=prefix", "objective.gmask_min_ratio=1.5"),
+        r"objective.gmask_min_ratio=1.5: must be between 0 and 1",
     ),
     Case("block size zero", ("data.block_size=0",), r"data.block_size=0: must be positive"),
     Case(
@@ -187,6 +198,48 @@ CASES = [
         ("data.max_bad_line_fraction=1.5",),
         r"data.max_bad_line_fraction=1.5: must be in \[0, 1\)",
     ),
+    Case(
+        "data path not a regular file",
+        (f"data.path={F}/pipe.txt",),
+        r"data.path=\S+pipe.txt: not a regular file or folder$",
+    ),
+    Case(
+        "malformed JSON line",
+        (f"data.path={F}/broken.jsonl",),
+        r"data.path=\S+broken.jsonl: line 17 is not valid JSON \(Expecting property name",
+    ),
+    Case(
+        "seed outside what torch accepts",
+        ("seed=-1",),
+        r"seed=-1: must be an integer from 0 to 4294967295",
+    ),
+    Case(
+        "mask share too small to leave a masked token in a batch",
+        ("objective=masked", "objective.mask_probability=0.001"),
+        r"objective.mask_probability=0.001: a batch of data.batch_size=4 x data.block_size=32 tokens "
+        r"would have no masked token 88.0% of the time",
+    ),
+    Case(
+        "block of one token",
+        ("objective=seq2seq", "data.block_size=1"),
+        r"data.block_size=1: must be at least 2 \(a block needs a token to read and one to predict\)",
+    ),
+    Case(
+        "batch larger than the training blocks",
+        ("data.batch_size=5000",),
+        r"data.batch_size=5000: one batch needs 5000 training blocks, "
+        r"the corpus gives \d+ blocks of 32 tokens",
+    ),
+    Case(
+        "run folder that cannot be created",
+        (f"hydra.run.dir={F}/a_file/run",),
+        r"hydra.run.dir=\S+a_file/run: cannot be created \(Not a directory\)",
+    ),
+    Case(
+        "cache folder that cannot be written",
+        (f"paths.cache_dir={F}/a_file/cache",),
+        r"paths.cache_dir=\S+a_file/cache: not writable \(Not a directory\); set PRETRAINLAB_CACHE",
+    ),
 ]
 
 
@@ -208,6 +261,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     word_level_tokenizer(tokens, pad_token="[PAD]", eos_token="</s>").save_pretrained(
         str(root / "no_mask_tokenizer")
     )
+    os.mkfifo(root / "pipe.txt")  # reading it would wait for a writer forever
+    broken = [json.dumps({"text": line}, ensure_ascii=False) for line in lines[:20]]
+    broken[16] = '{"text": "trailing comma",}'
+    (root / "broken.jsonl").write_text("\n".join(broken) + "\n", encoding="utf-8")
+    (root / "a_file").write_text("a file where a folder would have to be\n", encoding="utf-8")
     (root / "not_a_run").mkdir()
     (root / "not_a_run" / "notes.txt").write_text("my notes\n", encoding="utf-8")
     earlier = root / "earlier_run"

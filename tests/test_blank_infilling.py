@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import PreTrainedTokenizerFast
 
 from conftest import word_level_tokenizer
+from pretrainlab.config import ConfigError, validate
 from pretrainlab.objectives.blank_infilling import (
     IGNORE_INDEX,
     BlankInfillingCollator,
@@ -14,6 +16,7 @@ from pretrainlab.objectives.blank_infilling import (
     reconstruct_from_batch_row,
     reconstruct_from_parts,
 )
+from pretrainlab.objectives.prefix import PrefixLM
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "</s>", "[sop]", "[eop]", "[gMASK]"]
 N_WORDS = 200
@@ -153,6 +156,105 @@ def test_part_b_order_is_shuffled(tok):
     orders = [collator.corrupt(ex["input_ids"]).order for ex in random_examples(50, 100, 100, 5)]
     assert any(o != sorted(o) for o in orders)
     assert all(sorted(o) == list(range(len(o))) for o in orders)
+
+
+def test_span_lengths_are_shuffled_before_placement(tok):
+    """The span that crosses the mask target is size-biased; unshuffled it always lands rightmost.
+
+    GLM shuffles the lengths before placing them, so the rightmost span of a block is as long
+    as its average span. (Per block: pooling all spans would weight blocks with many, hence
+    shorter, spans more.)
+    """
+    collator = BlankInfillingCollator(tok, generator=torch.Generator().manual_seed(2))
+    excess = []
+    for ex in random_examples(2000, 128, 128, seed=10):
+        lengths = [len(span) for span in collator.corrupt(ex["input_ids"]).spans]
+        excess.append(lengths[-1] - sum(lengths) / len(lengths))
+    assert abs(sum(excess) / len(excess)) < 0.1
+
+
+# ----------------------------------------------------------------------------- documents
+
+
+def packed_blocks(n: int, length: int, lo: int, hi: int, seed: int, eos: int) -> list[list[int]]:
+    """Blocks cut from a stream of documents of lo..hi tokens, each followed by eos (as packing does)."""
+    g = torch.Generator().manual_seed(seed)
+    stream: list[int] = []
+    while len(stream) < n * length:
+        stream += random_block(int(torch.randint(lo, hi + 1, (), generator=g)), g) + [eos]
+    return [stream[i * length : (i + 1) * length] for i in range(n)]
+
+
+def documents(block: list[int], eos: int) -> list[tuple[int, int]]:
+    """(start, end) of every maximal run of non-eos tokens."""
+    runs, start = [], None
+    for i, t in enumerate([*block, eos]):
+        if t != eos and start is None:
+            start = i
+        elif t == eos and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+def span_starts(sample: GLMSample) -> list[int]:
+    """Where each span (text order) starts in the original sequence."""
+    starts, removed = [], 0
+    for pos, span in zip(sample.mask_positions, sample.spans, strict=True):
+        starts.append(pos + removed)
+        removed += len(span) - 1
+    return starts
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(1, 12), (5, 60), (40, 200)])
+def test_spans_stay_inside_one_document(tok, ids, lo, hi):
+    """GLM corrupts per document: no span holds an eos, an eos is never masked, and every
+    document keeps an unmasked token (its spans' context); the usual invariants still hold."""
+    eos = tok.eos_token_id
+    collator = BlankInfillingCollator(tok, mask_probability=0.3, generator=torch.Generator().manual_seed(3))
+    for block in packed_blocks(300, 128, lo, hi, seed=11, eos=eos):
+        sample = collator.corrupt(block)
+        assert sample.reconstruct() == block
+        assert all(eos not in span for span in sample.spans)
+        assert sample.part_a.count(eos) == block.count(eos)
+        pos = sample.mask_positions
+        assert all(b - a >= 2 for a, b in zip(pos, pos[1:], strict=False)), "adjacent spans"
+        starts = span_starts(sample)
+        covered = {i for s, span in zip(starts, sample.spans, strict=True) for i in range(s, s + len(span))}
+        for start, end in documents(block, eos):
+            assert any(i not in covered for i in range(start, end)), "a document is fully masked"
+
+
+def test_spans_may_cross_documents_when_asked(tok):
+    eos = tok.eos_token_id
+    collator = BlankInfillingCollator(
+        tok, mask_probability=0.3, spans_cross_documents=True, generator=torch.Generator().manual_seed(4)
+    )
+    samples = [collator.corrupt(b) for b in packed_blocks(300, 128, 5, 30, seed=12, eos=eos)]
+    assert sum(eos in span for s in samples for span in s.spans) > 50
+
+
+@pytest.mark.parametrize("p", [0.15, 0.3])
+@pytest.mark.parametrize(("lo", "hi"), [(5, 60), (10, 120)])
+def test_covered_share_holds_with_several_documents(tok, p, lo, hi):
+    """Spans kept inside documents still cover mask_probability of the block (eos included)."""
+    eos = tok.eos_token_id
+    collator = BlankInfillingCollator(tok, mask_probability=p, generator=torch.Generator().manual_seed(5))
+    blocks = packed_blocks(800, 128, lo, hi, seed=13, eos=eos)
+    assert sum(b.count(eos) for b in blocks) / len(blocks) > 1.2  # several documents per block
+    covered = 0
+    for block in blocks:
+        covered += sum(len(span) for span in collator.corrupt(block).spans)
+    assert abs(covered / (128 * len(blocks)) - p) < 0.02
+
+
+def test_corruption_of_documents_is_deterministic_for_a_generator(tok):
+    blocks = packed_blocks(40, 128, 5, 60, seed=14, eos=tok.eos_token_id)
+    runs = []
+    for _ in range(2):
+        collator = BlankInfillingCollator(tok, mode="mixed", generator=torch.Generator().manual_seed(6))
+        runs.append([collator.corrupt(b) for b in blocks])
+    assert runs[0] == runs[1]
 
 
 # ----------------------------------------------------------------------------- reconstruction
@@ -306,12 +408,38 @@ def test_gmask_is_a_prefix_lm(tok, ids):
         assert torch.equal(mask, reference_visibility(a_len, n_real, width))
 
 
-def test_gmask_span_share_follows_mask_probability(tok):
-    torch.manual_seed(0)
-    collator = BlankInfillingCollator(tok, mode="gmask", mask_probability=0.3)
-    shares = [len(collator.corrupt(list(range(9, 209))).spans[0]) / 200 for _ in range(400)]
-    assert abs(sum(shares) / len(shares) - 0.3) < 0.02
-    assert min(shares) >= 0.15 - 0.01 and max(shares) <= 0.45 + 0.01
+@pytest.mark.parametrize("ratio", [0.5, 0.25])
+def test_gmask_length_is_uniform_from_min_ratio_to_the_whole_block(tok, ratio):
+    """GLM's gpt branch: the generated length ~ U[int(ratio * L), L - 1], whatever mask_probability.
+
+    The prefix keeps one token (GLM's ``L - 2`` counts the [CLS] it prepends). Drawn as a share
+    of the mask probability instead, [gMASK] sat at positions 99-118 of a 128 block and block
+    positions >= 31 never got a gradient although generation reads them.
+    """
+    collator = BlankInfillingCollator(
+        tok, mode="gmask", gmask_min_ratio=ratio, generator=torch.Generator().manual_seed(0)
+    )
+    lengths = [len(collator.corrupt(list(range(9, 137))).spans[0]) for _ in range(2000)]
+    lo, hi = int(ratio * 128), 127
+    assert min(lengths) == lo and max(lengths) == hi
+    assert abs(sum(lengths) / len(lengths) - (lo + hi) / 2) < 2.0
+    assert abs(sum(n < (lo + hi) / 2 for n in lengths) / len(lengths) - 0.5) < 0.05  # not skewed
+
+
+def test_mixed_mode_trains_every_block_position_generation_reads(tok):
+    """Default settings: some row carries a label at every block position up to the block length."""
+    collator = BlankInfillingCollator(tok, mode="mixed", generator=torch.Generator().manual_seed(1))
+    seen: set[int] = set()
+    for _ in range(2000):
+        _, _, _, blocks = collator.corrupt(list(range(9, 137))).part_b()
+        seen.update(blocks)
+    assert seen == set(range(1, 129))  # 127 generated tokens + [eop] at block position 128
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.5])
+def test_invalid_gmask_min_ratio_names_the_key(tok, ratio):
+    with pytest.raises(ValueError, match="gmask_min_ratio"):
+        BlankInfillingCollator(tok, gmask_min_ratio=ratio)
 
 
 @pytest.mark.parametrize(("prob", "lo", "hi"), [(0.0, 0, 0), (1.0, 1, 1), (0.5, 0.4, 0.6)])
@@ -355,3 +483,43 @@ def test_sample_part_b_layout(ids):
     assert labels == [14, eop, 11, 12, eop]
     assert positions == [3, 3, 1, 1, 1]
     assert blocks == [1, 2, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- config wiring
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("objective.gmask_min_ratio=1.5", "objective.gmask_min_ratio"),
+        ("objective.gmask_min_ratio=-0.5", "objective.gmask_min_ratio"),
+    ],
+)
+def test_config_rejects_bad_glm_settings(compose_cfg, override, key):
+    with pytest.raises(ConfigError, match=f"^{key}="):
+        validate(compose_cfg("objective=prefix", override))
+
+
+def test_config_rejects_a_non_bool_spans_cross_documents(compose_cfg):
+    """The schema types it; a config built without the schema still gets a one-line error."""
+    cfg = compose_cfg("objective=prefix")
+    OmegaConf.set_struct(cfg, False)
+    cfg.objective = OmegaConf.create({**OmegaConf.to_container(cfg.objective), "spans_cross_documents": "no"})
+    with pytest.raises(ConfigError, match="^objective.spans_cross_documents=no: must be true or false"):
+        validate(cfg)
+
+
+def test_prefix_config_reaches_the_collator(compose_cfg, tok):
+    """The GLM knobs of conf/objective/prefix.yaml (defaults and overrides) reach the collator."""
+    defaults = compose_cfg("objective=prefix").objective
+    assert (defaults.gmask_min_ratio, defaults.spans_cross_documents) == (0.5, False)
+    cfg = compose_cfg(
+        "objective=prefix", "objective.gmask_min_ratio=0.3", "objective.spans_cross_documents=true"
+    )
+    validate(cfg)
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.objective).items() if k != "_target_"}
+    collator = PrefixLM(None, tok, **settings).build_collator()
+    assert (collator.gmask_min_ratio, collator.spans_cross_documents) == (0.3, True)
+    old_run = {k: v for k, v in settings.items() if k not in ("gmask_min_ratio", "spans_cross_documents")}
+    collator = PrefixLM(None, tok, **old_run).build_collator()  # a config saved before the keys
+    assert (collator.gmask_min_ratio, collator.spans_cross_documents) == (0.5, False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import run_cli
-from pretrainlab.train import composition_problem
+from pretrainlab.cli_errors import composition_problem
 
 
 @pytest.mark.parametrize(
@@ -29,6 +29,22 @@ def test_composition_problems_are_described_in_one_line(override, expected):
 
 def test_valid_overrides_compose():
     assert composition_problem(["objective=causal", "model=small", "hydra.run.dir=/tmp/x", "seed=3"]) is None
+
+
+def test_the_inference_config_is_described_the_same_way():
+    """pretrainlab-fill/-generate compose `generate` (the decoding group): same one-line messages."""
+    problem = composition_problem(["decoding=foo"], config_name="generate")
+    assert (
+        problem
+        == "decoding=foo: no such option (choose beam, contrastive, greedy, min_p, sampling, top_k, top_p)"
+    )
+    assert composition_problem(["decoding=beam", "decoding.num_beams=3"], config_name="generate") is None
+
+
+def test_train_uses_the_shared_description():
+    import pretrainlab.train
+
+    assert pretrainlab.train.composition_problem is composition_problem
 
 
 @pytest.mark.slow

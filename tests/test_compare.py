@@ -399,3 +399,78 @@ def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     assert "pretrainlab-compare" in capsys.readouterr().out
+
+
+# -- what the sweeper launched, and reruns ------------------------------------------------------
+CLEANED = ["objective=causal", *BASE]  # causal's launch: no mask probability, which it ignores
+
+
+def make_causal_sweep(sweep: Path, causal_ran_with_mask: bool) -> Path:
+    """masked x {0.15, 0.3} and causal x {0.15, 0.3} as the sweeper plans them: causal@0.3 is a
+    skipped duplicate of job 2, whose ``launch`` drops the mask probability causal ignores.
+
+    ``causal_ran_with_mask``: job 2 ran with ``objective.mask_probability=0.15`` anyway (what the
+    sweeper did before it launched the cleaned overrides), so its folder says 0.15.
+    """
+    plan: list[dict[str, Any]] = []
+    for number, mask in enumerate((0.15, 0.3)):
+        overrides = overrides_of("masked", mask)
+        metrics = ok_metrics("masked", 6.0 + mask, None, 0.0)
+        write_job(sweep, number, overrides, config_of("masked", mask), metrics)
+        plan.append({"overrides": overrides, "launch": overrides, "status": "launched", "dir": str(number)})
+    ran = overrides_of("causal", 0.15) if causal_ran_with_mask else CLEANED
+    effective = 0.15 if causal_ran_with_mask else None
+    write_job(sweep, 2, ran, config_of("causal", effective), ok_metrics("causal", 6.3, None, 0.0))
+    plan.append(
+        {"overrides": overrides_of("causal", 0.15), "launch": CLEANED, "status": "launched", "dir": "2"}
+    )
+    plan.append(
+        {
+            "overrides": overrides_of("causal", 0.3),
+            "launch": CLEANED,
+            "status": "skipped",
+            "dir": None,
+            "duplicate_of": "2",
+            "reason": "objective.mask_probability does not apply to this objective",
+        }
+    )
+    write_plan(sweep, plan)
+    return sweep
+
+
+def test_a_skipped_combination_is_the_job_that_ran_without_the_ignored_setting(tmp_path: Path) -> None:
+    rows = collect(make_causal_sweep(tmp_path, causal_ran_with_mask=False))
+    assert [(r["dir"], r["status"]) for r in rows] == [("0", "ok"), ("1", "ok"), ("2", "ok")]
+    causal = rows[2]
+    assert "objective.mask_probability" not in causal["overrides"]
+    assert [c["objective.mask_probability"] for c in causal["covers"]] == [0.3]
+    df = build_table(rows)
+    assert df["objective"].tolist() == ["masked", "masked", "causal"]
+    assert df["mask_probability"].tolist()[:2] == [0.15, 0.3] and pd.isna(df["mask_probability"].iloc[2])
+
+
+def test_a_skipped_combination_keeps_its_row_when_its_job_ran_with_other_values(tmp_path: Path) -> None:
+    rows = collect(make_causal_sweep(tmp_path, causal_ran_with_mask=True))
+    statuses = [(r["dir"], r["status"]) for r in rows]
+    assert statuses == [("0", "ok"), ("1", "ok"), ("2", "ok"), (None, "skipped")]
+    assert rows[2]["overrides"]["objective.mask_probability"] == 0.15 and rows[2]["covers"] == []
+
+
+@pytest.mark.parametrize("in_sweep", [True, False])
+def test_a_rerun_in_a_sweep_folder_is_not_one_of_its_jobs(tmp_path: Path, in_sweep: bool) -> None:
+    from pretrainlab.reproduce import RERUN_MARKER
+
+    sweep = make_causal_sweep(tmp_path / "sweep", causal_ran_with_mask=False)
+    if not in_sweep:  # a folder of runs compared by hand: every run in it counts
+        (sweep / "sweep.json").unlink()
+        (sweep / "multirun.yaml").unlink()
+    for name in ("2-again", "7"):  # wherever --out put it, named like a job or not
+        folder = sweep / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(CLEANED), encoding="utf-8")
+        (folder / "metrics.json").write_text(
+            json.dumps(ok_metrics("causal", 6.3, None, 0.0)), encoding="utf-8"
+        )
+        (folder / RERUN_MARKER).write_text(json.dumps({"run_dir": str(sweep / "2")}), encoding="utf-8")
+    rows = collect(sweep)
+    assert [r["dir"] for r in rows] == (["0", "1", "2"] if in_sweep else ["0", "1", "2", "7", "2-again"])

@@ -18,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerFast
 
 from pretrainlab import config_dir
+from pretrainlab.build import build_datamodule, build_objective
 from pretrainlab.config import ConfigError, validate
 from pretrainlab.models.backbones import FAMILIES, backbone_config
-from pretrainlab.train import build_datamodule, build_objective, trainer_settings
+from pretrainlab.train import trainer_settings
 
 ComposeCfg = Callable[..., DictConfig]
 CONF = config_dir()

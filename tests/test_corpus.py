@@ -280,3 +280,107 @@ def test_corpus_fingerprint_of_a_local_hub_folder_changes_when_a_file_changes(tm
     first = corpus_fingerprint(data)
     write_txt(path, ["一", "二", "三"])
     assert corpus_fingerprint(data) != first
+
+
+# -- what a folder holds besides its corpus files; inputs that are not files -----------------------
+
+
+def test_suffixes_are_read_whatever_their_case(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    write_txt(folder / "a.txt", ["一"])
+    write_txt(folder / "b.TXT", ["二"])
+    assert load(tmp_path, path=str(folder)) == ["一", "二"]
+    assert load(tmp_path, path=str(folder / "b.TXT")) == ["二"]
+
+
+def test_files_a_folder_cannot_read_are_named_in_one_warning(tmp_path: Path, caplog) -> None:
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    write_txt(folder / "a.txt", ["一"])
+    write_txt(folder / "notes.text", ["不读"])
+    write_txt(folder / "sub" / "README", ["不读"])
+    (folder / "gone.txt").symlink_to(tmp_path / "deleted.txt")
+    os.mkfifo(folder / "pipe.txt")
+    (folder / "cache-0123.arrow").write_bytes(b"")  # a cache `datasets` wrote: no corpus file
+    with caplog.at_level("WARNING", logger="pretrainlab.data.corpus"):
+        assert load(tmp_path, path=str(folder)) == ["一"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"data.path={folder}: skipped 4 files: suffix not read (notes.text, sub/README; "
+        "the suffixes read are .txt, .jsonl, .json, .csv, .parquet), broken symlink (gone.txt), "
+        "not a regular file (pipe.txt)"
+    ]
+
+
+def test_a_folder_of_readable_files_gives_no_warning(tmp_path: Path, caplog) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    write_txt(folder / "a.txt", ["一"])
+    with caplog.at_level("WARNING", logger="pretrainlab.data.corpus"):
+        load(tmp_path, path=str(folder))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+@pytest.fixture
+def never_blocks():
+    """Reading a FIFO waits for a writer forever: fail after a few seconds instead."""
+    import signal
+
+    def timeout(*_):
+        raise TimeoutError("blocked reading the input")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_fifo_is_not_read(tmp_path: Path, never_blocks) -> None:
+    path = tmp_path / "pipe.txt"
+    os.mkfifo(path)
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, path=str(path))
+    assert str(info.value) == f"data.path={path}: not a regular file or folder"
+
+
+def test_a_broken_symlink_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.txt"
+    path.symlink_to(tmp_path / "moved.txt")
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, path=str(path))
+    assert str(info.value) == f"data.path={path}: a broken symlink (to {tmp_path / 'moved.txt'})"
+
+
+def test_a_malformed_jsonl_line_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    lines = [json.dumps({"text": f"第{i}行"}, ensure_ascii=False) for i in range(20)]
+    lines[16] = '{"text": "第16行",}'  # line 17: a trailing comma
+    lines[3] = ""  # a blank line still counts as a line of the file
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, path=str(path))
+    assert str(info.value) == (
+        f"data.path={path}: line 17 is not valid JSON "
+        "(Expecting property name enclosed in double quotes, column 17)"
+    )
+    # In a folder the message names the file too.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps({"text": "一"}) + "\n", encoding="utf-8")
+    path.rename(folder / "b.jsonl")
+    with pytest.raises(
+        ConfigError, match=rf"^data.path={re.escape(str(folder))}: b.jsonl line 17 is not valid"
+    ):
+        load(tmp_path, path=str(folder))
+
+
+def test_a_malformed_json_document_is_named_by_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text('[\n  {"text": "一"},\n  {"text": "二"\n  {"text": "三"}\n]\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, path=str(path))
+    assert (
+        str(info.value) == f"data.path={path}: line 4 is not valid JSON (Expecting ',' delimiter, column 3)"
+    )

@@ -87,3 +87,32 @@ def test_probe_uses_a_labelled_file_from_data_probe(compose_cfg, tmp_path):
     missing = compose_cfg(f"data.probe.path={tmp_path / 'none.csv'}")
     with pytest.raises(ConfigError, match="^data.probe.path="):
         validate(missing)
+
+
+@pytest.mark.parametrize("untrained", ["objective.mode=blank", "objective.gmask_probability=0"])
+def test_continuing_through_an_untrained_gmask_is_not_reported(
+    compose_cfg, run_training, tmp_path, untrained
+):
+    """Continuation and generation of the prefix objective go through [gMASK]: a run that never
+    trained it reports neither (with the reason), instead of numbers that would read as findings."""
+    out = tmp_path / "run"
+    metrics = run_training(
+        compose_cfg("objective=prefix", untrained, "evaluation.probe=false", output_dir=out)
+    )
+    assert metrics["continuation/bpc"] is None
+    assert "never trains" in metrics["not_evaluated"]["continuation"]
+    assert "never trains" in metrics["not_evaluated"]["generation"]
+    assert not any(k.startswith("gen/") for k in metrics)
+    assert not (out / "samples.jsonl").exists()
+    assert metrics["cloze/token_accuracy_k1"] is not None  # blanks are what it trained
+
+
+def test_a_generation_longer_than_the_trained_gmask_spans_is_warned_about(compose_cfg, caplog):
+    cfg = compose_cfg("objective=prefix", "decoding.max_new_tokens=40")  # data.block_size=32
+    with caplog.at_level("WARNING", logger="pretrainlab.config"):
+        validate(cfg)
+    assert "decoding.max_new_tokens=40" in caplog.text and "block position" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pretrainlab.config"):
+        validate(compose_cfg("objective=prefix", "decoding.max_new_tokens=20"))
+    assert caplog.text == ""

@@ -137,7 +137,7 @@ def test_a_kill_while_saving_a_checkpoint_leaves_the_previous_one(tiny_corpus, c
     resumed = run_cli(["pretrainlab-train", *_killer_args(tiny_corpus), f"resume={run}"], cache_dir, env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((run / "metrics.json").read_text())["steps"] == 6
-    assert not list((run / "checkpoints").glob(".*.tmp"))  # cleaned up by the next save
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # cleaned up when the run resumed
 
 
 @pytest.mark.slow

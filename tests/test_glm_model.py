@@ -255,6 +255,18 @@ def test_continue_prefix_stops_at_eop(memorised):
     assert EOP not in out
 
 
+def test_model_methods_take_text_or_ids(memorised):
+    """The exported model's own API (no pretrainlab needed): ids in -> ids out, text in -> text out."""
+    blank_text = " ".join(TOK.convert_ids_to_tokens(TWO_BLANKS.part_a))
+    spans_text = [TOK.decode(span) for span in TWO_BLANKS.spans]
+    assert memorised.fill_blanks(TOK, TWO_BLANKS.part_a, 8) == TWO_BLANKS.spans
+    assert memorised.fill_blanks(TOK, blank_text, max_new_tokens=8) == spans_text
+    prefix_text = " ".join(TOK.convert_ids_to_tokens(TEXT[:10]))
+    config = GenerationConfig(max_new_tokens=12)
+    assert memorised.continue_prefix(TOK, TEXT[:10], 12) == TEXT[10:]
+    assert memorised.continue_prefix(TOK, prefix_text, generation_config=config) == TOK.decode(TEXT[10:])
+
+
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 8])
 @pytest.mark.parametrize("do_sample", [False, True])
 def test_cached_and_uncached_decoding_agree(memorised, max_new_tokens, do_sample):

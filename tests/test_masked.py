@@ -143,7 +143,6 @@ def word_blocks(tiny_tokenizer: PreTrainedTokenizerFast) -> torch.Tensor:
     return torch.tensor([ids[start : start + 64] for start in range(0, 20 * 17, 17)])
 
 
-@pytest.mark.filterwarnings("ignore:Random token replacement is not supported")
 def test_whole_word_mask_masks_all_pieces_of_a_word(
     tiny_tokenizer: PreTrainedTokenizerFast, word_blocks: torch.Tensor
 ) -> None:
@@ -163,7 +162,6 @@ def test_whole_word_mask_masks_all_pieces_of_a_word(
     assert 0.1 < float(chosen.float().mean()) < 0.6
 
 
-@pytest.mark.filterwarnings("ignore:Random token replacement is not supported")
 def test_whole_word_mask_keeps_the_replacement_split(
     tiny_tokenizer: PreTrainedTokenizerFast, word_blocks: torch.Tensor
 ) -> None:
@@ -185,7 +183,6 @@ def rng_states() -> tuple:
     return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
 
 
-@pytest.mark.filterwarnings("ignore:Random token replacement is not supported")
 @pytest.mark.parametrize("whole_word_mask", [False, True])
 def test_per_batch_seeded_is_repeatable_and_leaves_global_rng_alone(
     tiny_tokenizer: PreTrainedTokenizerFast, word_blocks: torch.Tensor, whole_word_mask: bool

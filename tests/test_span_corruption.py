@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
@@ -75,10 +76,31 @@ def runs(mask: torch.Tensor) -> list[tuple[int, int]]:
     return out
 
 
-def expected_counts(length: int, density: float, mean: float) -> tuple[int, int]:
-    """Independent restatement of the T5 counts (valid for density <= 0.5)."""
+LAYOUTS = ["reference", "uniform"]
+
+
+def expected_counts(length: int, density: float, mean: float, layout: str = "reference") -> tuple[int, int]:
+    """Independent restatement of the T5 counts (T5's own for density < 0.5), plus the clamp
+    that keeps every noise span separable: at most N non-noise runs (reference) or N + 1
+    (uniform, where both ends may be noise) for N non-noise tokens."""
     n = min(max(round(length * density), 1), length - 1)
-    return n, max(round(n / mean), 1)
+    return n, min(max(round(n / mean), 1), length - n + (layout == "uniform"))
+
+
+def reference_mask_numpy(length: int, density: float, mean: float, rng: np.random.Generator) -> np.ndarray:
+    """HF run_t5_mlm_flax.py's ``random_spans_noise_mask`` restated in numpy (itself a copy of
+    T5's): ``[non-noise, noise] * num_noise_spans`` with both kinds split uniformly at random."""
+    n = min(max(int(np.round(length * density)), 1), length - 1)
+    s = max(int(np.round(n / mean)), 1)
+
+    def segmentation(items: int, segments: int) -> np.ndarray:
+        first_in_segment = np.pad(rng.permutation(np.arange(items - 1) < segments - 1), [[1, 0]])
+        return np.bincount(np.cumsum(first_in_segment))
+
+    interleaved = np.stack([segmentation(length - n, s), segmentation(n, s)], axis=1).reshape(-1)
+    start_indicator = np.zeros(length, dtype=np.int64)
+    start_indicator[np.cumsum(interleaved)[:-1]] = 1
+    return np.cumsum(start_indicator) % 2 == 1
 
 
 def hf_reference_lengths(inputs_length: int, density: float, mean: float):
@@ -127,9 +149,11 @@ def test_mean_span_length() -> None:
     assert abs(sum(lengths) / len(lengths) - 3.0) <= 0.2
 
 
-def test_spans_can_start_anywhere_and_end_need_not_be_noise() -> None:
+def test_uniform_layout_spans_can_start_anywhere_and_end_need_not_be_noise() -> None:
     samples = 4000
-    masks = torch.stack([random_spans_noise_mask(20, 0.15, 3.0) for _ in range(samples)])
+    masks = torch.stack(
+        [random_spans_noise_mask(20, 0.15, 3.0, noise_layout="uniform") for _ in range(samples)]
+    )
     first, last = masks[:, 0].float().mean().item(), masks[:, -1].float().mean().item()
     assert first > 0 and last < 1  # reference: first == 0 and last == 1
     assert bool(masks.any(dim=0).all()), "every position is noise in some sample"
@@ -140,7 +164,7 @@ def test_spans_can_start_anywhere_and_end_need_not_be_noise() -> None:
     assert masks[:, 5:15].float().mean().item() > 0.13
 
 
-def test_mask_is_uniform_over_all_valid_masks() -> None:
+def test_uniform_layout_is_uniform_over_all_valid_masks() -> None:
     # length 7, 3 noise tokens in 2 spans -> C(2,1) * C(5,2) = 20 valid masks
     length, density, mean = 7, 0.4, 1.5
     assert noise_span_counts(length, density, mean) == (3, 2)
@@ -153,7 +177,8 @@ def test_mask_is_uniform_over_all_valid_masks() -> None:
     gen = torch.Generator().manual_seed(7)
     draws = 10_000
     counts = Counter(
-        tuple(random_spans_noise_mask(length, density, mean, gen).long().tolist()) for _ in range(draws)
+        tuple(random_spans_noise_mask(length, density, mean, gen, noise_layout="uniform").long().tolist())
+        for _ in range(draws)
     )
     assert set(counts) == set(valid)
     expected = draws / len(valid)
@@ -161,27 +186,80 @@ def test_mask_is_uniform_over_all_valid_masks() -> None:
     assert chi2 < 50  # 19 dof: p(chi2 > 50) ~ 1e-4
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("density,mean", [(0.15, 3.0), (0.3, 2.0), (0.5, 1.0)])
-def test_exact_noise_and_span_count(density: float, mean: float) -> None:
+def test_exact_noise_and_span_count(density: float, mean: float, layout: str) -> None:
     for length in [*range(2, 60), 127, 300, 568]:
-        n, s = expected_counts(length, density, mean)
-        assert noise_span_counts(length, density, mean) == (n, s)
+        n, s = expected_counts(length, density, mean, layout)
+        assert noise_span_counts(length, density, mean, noise_layout=layout) == (n, s)
         for _ in range(3):
-            mask = random_spans_noise_mask(length, density, mean)
+            mask = random_spans_noise_mask(length, density, mean, noise_layout=layout)
             assert int(mask.sum()) == n
             assert len(runs(mask)) == s
 
 
 def test_high_density_and_span_cap_keep_masks_valid() -> None:
     # density 0.9 / span 1: 9 noise tokens cannot form 9 spans around 1 token
-    assert noise_span_counts(10, 0.9, 1.0) == (9, 2)
+    assert noise_span_counts(10, 0.9, 1.0, noise_layout="uniform") == (9, 2)
+    assert noise_span_counts(10, 0.9, 1.0, noise_layout="reference") == (9, 1)
     for _ in range(50):
-        mask = random_spans_noise_mask(10, 0.9, 1.0)
+        mask = random_spans_noise_mask(10, 0.9, 1.0, noise_layout="uniform")
         assert int(mask.sum()) == 9 and len(runs(mask)) == 2
         assert bool(mask[0]) and bool(mask[-1])  # the only possible layout
+        mask = random_spans_noise_mask(10, 0.9, 1.0, noise_layout="reference")
+        assert mask.tolist() == [False] + [True] * 9  # the only reference mask
     # span cap: same noise count spread over at most max_noise_spans spans
-    mask = random_spans_noise_mask(2000, 0.15, 3.0, max_noise_spans=5)
-    assert int(mask.sum()) == 300 and len(runs(mask)) == 5
+    for layout in LAYOUTS:
+        mask = random_spans_noise_mask(2000, 0.15, 3.0, max_noise_spans=5, noise_layout=layout)
+        assert int(mask.sum()) == 300 and len(runs(mask)) == 5
+
+
+@pytest.mark.parametrize("density,mean", [(0.15, 3.0), (0.3, 2.0), (0.5, 1.0), (0.8, 1.0)])
+def test_reference_layout_starts_with_non_noise_and_ends_with_noise(density: float, mean: float) -> None:
+    """T5's layout: ``[non-noise, noise] * num_noise_spans``, exactly as many non-noise runs as
+    noise spans, the first token never noise and the last always noise."""
+    for length in [*range(2, 60), 127, 568]:
+        n, s = expected_counts(length, density, mean)
+        for _ in range(20):
+            mask = random_spans_noise_mask(length, density, mean)  # the default layout
+            assert not bool(mask[0]) and bool(mask[-1])
+            assert int(mask.sum()) == n and len(runs(mask)) == s == len(runs(~mask))
+
+
+def test_reference_layout_matches_hf_t5_sampler() -> None:
+    """Same support, same (uniform) distribution as T5's / HF's sampler, and same counts and
+    span lengths on average at a realistic packed length."""
+    # length 8, 3 noise tokens in 2 spans: C(2,1) * C(4,1) = 8 reference masks
+    length, density, mean = 8, 0.375, 1.5
+    valid = [
+        m
+        for m in itertools.product([0, 1], repeat=length)
+        if sum(m) == 3 and m[0] == 0 and m[-1] == 1 and len(runs(torch.tensor(m, dtype=torch.bool))) == 2
+    ]
+    assert len(valid) == 8
+    rng = np.random.default_rng(0)
+    gen = torch.Generator().manual_seed(7)
+    draws = 4000
+    ours = Counter(
+        tuple(random_spans_noise_mask(length, density, mean, gen).long().tolist()) for _ in range(draws)
+    )
+    theirs = Counter(
+        tuple(reference_mask_numpy(length, density, mean, rng).astype(int).tolist()) for _ in range(draws)
+    )
+    assert set(ours) == set(theirs) == set(valid)
+    expected = draws / len(valid)
+    for counts in (ours, theirs):
+        assert sum((c - expected) ** 2 / expected for c in counts.values()) < 30  # 7 dof: p ~ 1e-4
+    # packed length of a 512-token T5 input: identical counts, matching span-length statistics
+    ours_lengths, theirs_lengths = [], []
+    for _ in range(200):
+        mask = random_spans_noise_mask(568, 0.15, 3.0)
+        ref = torch.from_numpy(reference_mask_numpy(568, 0.15, 3.0, rng))
+        assert int(mask.sum()) == int(ref.sum()) == 85 and len(runs(mask)) == len(runs(ref)) == 28
+        ours_lengths += [n for _, n in runs(mask)]
+        theirs_lengths += [n for _, n in runs(ref)]
+    assert abs(np.mean(ours_lengths) - np.mean(theirs_lengths)) < 1e-9  # both exactly 85 / 28
+    assert abs(np.std(ours_lengths) - np.std(theirs_lengths)) < 0.15
 
 
 def test_degenerate_lengths() -> None:
@@ -191,14 +269,15 @@ def test_degenerate_lengths() -> None:
     assert int(mask.sum()) == 1
 
 
-def test_generator_makes_masks_reproducible() -> None:
-    a = random_spans_noise_mask(100, 0.15, 3.0, torch.Generator().manual_seed(3))
-    b = random_spans_noise_mask(100, 0.15, 3.0, torch.Generator().manual_seed(3))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_generator_makes_masks_reproducible(layout: str) -> None:
+    a = random_spans_noise_mask(100, 0.15, 3.0, torch.Generator().manual_seed(3), noise_layout=layout)
+    b = random_spans_noise_mask(100, 0.15, 3.0, torch.Generator().manual_seed(3), noise_layout=layout)
     assert torch.equal(a, b)
     torch.manual_seed(5)
-    c = random_spans_noise_mask(100, 0.15, 3.0)
+    c = random_spans_noise_mask(100, 0.15, 3.0, noise_layout=layout)
     torch.manual_seed(5)
-    assert torch.equal(c, random_spans_noise_mask(100, 0.15, 3.0))
+    assert torch.equal(c, random_spans_noise_mask(100, 0.15, 3.0, noise_layout=layout))
 
 
 # --------------------------------------------------------------------------- #
@@ -212,23 +291,42 @@ def test_lengths_match_hf_reference() -> None:
         assert compute_input_and_target_lengths(*args) == hf_reference_lengths(*args)
 
 
-def test_lengths_arithmetic_is_exact_and_maximal() -> None:
-    for density, mean in [(0.1, 3.0), (0.15, 3.0), (0.3, 2.0), (0.5, 1.0)]:
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_lengths_arithmetic_is_exact_and_maximal(layout: str) -> None:
+    settings = [(0.1, 3.0), (0.15, 3.0), (0.3, 2.0), (0.45, 1.0), (0.5, 1.0), (0.5, 3.0), (0.7, 1.0)]
+    for density, mean in settings:
+        # exact below density 0.5; at 0.5 too for uniform (see compute_input_and_target_lengths)
+        exact = density < 0.5 or (density == 0.5 and layout == "uniform")
         for inputs_length in range(2, 200):
-            t, tgt = compute_input_and_target_lengths(inputs_length, density, mean)
-            n, s = noise_span_counts(t, density, mean)
-            assert t - n + s + 1 == inputs_length
+            t, tgt = compute_input_and_target_lengths(inputs_length, density, mean, noise_layout=layout)
+            n, s = noise_span_counts(t, density, mean, noise_layout=layout)
+            assert t - n + s + 1 == inputs_length if exact else t - n + s + 1 <= inputs_length
             assert tgt == n + s + 1
-            n1, s1 = noise_span_counts(t + 1, density, mean)
+            n1, s1 = noise_span_counts(t + 1, density, mean, noise_layout=layout)
             assert t + 1 - n1 + s1 + 1 > inputs_length
+    # the layouts differ only where the reference's "no more spans than non-noise runs" binds
+    for density, mean in settings[:4]:
+        for inputs_length in (32, 128, 512):
+            assert (
+                len(
+                    {
+                        compute_input_and_target_lengths(inputs_length, density, mean, noise_layout=x)
+                        for x in LAYOUTS
+                    }
+                )
+                == 1
+            )
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("inputs_length,density,mean", [(128, 0.15, 3.0), (512, 0.15, 3.0), (64, 0.3, 2.0)])
 def test_packed_blocks_give_exact_input_length(
-    tokenizer, ordinary_ids, inputs_length: int, density: float, mean: float
+    tokenizer, ordinary_ids, inputs_length: int, density: float, mean: float, layout: str
 ) -> None:
-    collator = SpanCorruptionCollator(tokenizer, density, mean)
-    tokens_length, targets_length = compute_input_and_target_lengths(inputs_length, density, mean)
+    collator = SpanCorruptionCollator(tokenizer, density, mean, noise_layout=layout)
+    tokens_length, targets_length = compute_input_and_target_lengths(
+        inputs_length, density, mean, noise_layout=layout
+    )
     assert collator.input_and_target_lengths(inputs_length) == (
         tokens_length,
         targets_length,
@@ -268,8 +366,9 @@ def test_sentinels_are_looked_up_by_name(tokenizer) -> None:
     assert tokenizer.convert_ids_to_tokens(ids[0]) == "<extra_id_0>"
 
 
-def test_round_trip_packed_and_varying_lengths(tokenizer, ordinary_ids) -> None:
-    collator = SpanCorruptionCollator(tokenizer)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_round_trip_packed_and_varying_lengths(tokenizer, ordinary_ids, layout: str) -> None:
+    collator = SpanCorruptionCollator(tokenizer, noise_layout=layout)
     sids, eos, pad = collator.sentinel_ids, tokenizer.eos_token_id, tokenizer.pad_token_id
     tokens_length, _ = collator.input_and_target_lengths(128)
     for lengths in ([tokens_length] * 8, [0, 1, 2, 3, 5, 17, 64, 300]):
@@ -300,6 +399,30 @@ def test_sentinel_order_and_eos(tokenizer, ordinary_ids) -> None:
         assert tgt_ids[0] == sids[0]  # target starts with <extra_id_0>
         # a sentinel is never adjacent to another sentinel in the target
         assert all(not (a in index and b in index) for a, b in itertools.pairwise(tgt_ids))
+
+
+def test_reference_layout_inputs_end_with_a_sentinel_then_eos(tokenizer, ordinary_ids) -> None:
+    """The default collator is T5's: every input starts with a corpus token and ends
+    ``<extra_id_k> </s>``, and every target starts ``<extra_id_0>`` and ends with a span, ``</s>``."""
+    collator = SpanCorruptionCollator(tokenizer)
+    assert collator.noise_layout == "reference"
+    sids, eos, pad = set(collator.sentinel_ids), tokenizer.eos_token_id, tokenizer.pad_token_id
+    examples = [{"input_ids": random_tokens(ordinary_ids, int(n))} for n in torch.randint(2, 400, (200,))]
+    batch = collator(examples)
+    for inp, tgt in zip(batch["input_ids"], batch["labels"], strict=True):
+        inp_ids, tgt_ids = unpadded(inp, pad), unpadded(tgt, LABEL_PAD_ID)
+        assert inp_ids[0] not in sids and inp_ids[-2] in sids and inp_ids[-1] == eos
+        assert tgt_ids[0] == collator.sentinel_ids[0] and tgt_ids[-2] not in sids and tgt_ids[-1] == eos
+
+
+def test_bad_noise_layout_names_key(tokenizer) -> None:
+    for call in (
+        lambda: SpanCorruptionCollator(tokenizer, noise_layout="t5"),
+        lambda: random_spans_noise_mask(10, 0.15, 3.0, noise_layout="t5"),
+        lambda: compute_input_and_target_lengths(128, 0.15, 3.0, noise_layout="t5"),
+    ):
+        with pytest.raises(ValueError, match="^noise_layout='t5': must be one of reference, uniform$"):
+            call()
 
 
 def test_padding_of_varying_length_examples(tokenizer, ordinary_ids) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import cli_args, run_cli
 from hydra_plugins.pretrainlab_sweeper.pretrainlab_sweeper import plan_jobs
@@ -68,17 +70,28 @@ def test_sweep_runs_each_meaningful_combination_once_and_survives_a_failure(tiny
     assert len(plan) == 8 and len(launched) == 6 and len(skipped) == 2
     statuses = {}
     for entry in launched:
-        metrics = json.loads((sweep / entry["dir"] / "metrics.json").read_text())
-        overrides = " ".join(entry["launch"])
+        job = sweep / entry["dir"]
+        metrics = json.loads((job / "metrics.json").read_text())
+        # What the job ran with, as it saved it (not the plan).
+        ran = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        assert ran == entry["launch"]
+        overrides = " ".join(ran)
         statuses[overrides] = metrics["status"]
         if "objective=causal" in overrides:
             assert "objective.mask_probability" not in overrides
+            assert (
+                yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["objective"]["mask_probability"]
+                is None
+            )
     failed = [o for o, s in statuses.items() if s == "failed"]
     assert len(failed) == 2 and all("objective=prefix" in o and "decoding=beam" in o for o in failed)
     assert sum(s == "ok" for s in statuses.values()) == 4
     assert "2 of 6 jobs failed" in result.stderr.strip().splitlines()[-1]
     report = (sweep / "report.md").read_text()
-    assert report.count("failed") >= 2 and report.count("skipped") >= 2
+    # The skipped causal combinations are the causal jobs that ran: one row each, no row of their own.
+    table = [line for line in report.splitlines() if line.startswith("| ")][1:]
+    assert len(table) == 6 and sum("| causal |" in line for line in table) == 2
+    assert report.count("| failed |") == 2
     assert (sweep / "report.csv").exists() and (sweep / "val_loss_vs_tokens.png").exists()
 
 
@@ -150,6 +163,58 @@ def test_compare_metrics_ignores_timings_and_flags_any_model_difference():
     assert compare_metrics(old, {**old, "val/loss": 1.5000001}) == ["val/loss: 1.5 -> 1.5000001"]
     assert compare_metrics(old, {**old, "val/loss": 1.5000001}, rtol=1e-6) == []
     assert compare_metrics(old, {**old, "objective": "causal"})
+
+
+def test_a_rerun_records_the_original_overrides_and_goes_where_compare_does_not_look(tmp_path, monkeypatch):
+    """Fast: the training command is captured, not run. The overrides are handed to the rerun's
+    Hydra callback to record, never put on its command line (the saved config holds their effect)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from pretrainlab import config_dir, reproduce
+    from pretrainlab.compare import collect
+
+    sweep = tmp_path / "sweep"
+    run = sweep / "2"
+    (run / ".hydra").mkdir(parents=True)
+    original = ["objective=causal", "~callbacks.progress_bar=null", "+callbacks.x._target_=a.B", "seed=3"]
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*original, "resume=/old/run"]))
+    (run / ".hydra" / "config.yaml").write_text("seed: 3\nresume: /old/run\n")
+    (run / "metrics.json").write_text('{"status": "ok"}')
+    (sweep / "sweep.json").write_text(json.dumps({"jobs": [{"overrides": original, "dir": "2"}]}))
+    seen: dict = {}
+
+    def fake_run(command, *args, **kwargs):
+        seen["command"] = list(command)
+        path = next(
+            c.split("=", 1)[1] for c in command if c.startswith("+hydra.callbacks.record_overrides.path=")
+        )
+        seen["recorded"] = yaml.safe_load(Path(path).read_text())
+        out = Path(next(c.split("=", 1)[1] for c in command if c.startswith("hydra.run.dir=")))
+        (out / ".hydra").mkdir()  # what the rerun writes
+        (out / "metrics.json").write_text('{"status": "ok"}')
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
+    reproduce.main([str(run)])
+    assert seen["recorded"] == original  # a resume= of the original is not the rerun's
+    assert not set(original) & set(seen["command"])  # recorded, not applied
+    (rerun,) = (sweep / "reproduced").iterdir()
+    assert rerun.name.startswith("2-") and json.loads((rerun / reproduce.RERUN_MARKER).read_text())["run_dir"]
+    assert [r["dir"] for r in collect(sweep)] == ["2"]  # the rerun is no job of the sweep
+
+    # The callback replaces Hydra's record of the task overrides, and nothing else.
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["seed=3"], return_hydra_config=True)
+
+    def task() -> dict:
+        return {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
+
+    before = task()
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(original))
+    reproduce.RecordOverrides(str(tmp_path / "o.yaml")).on_run_start(config=cfg)
+    assert list(cfg.hydra.overrides.task) == original
+    assert task() == before
 
 
 @pytest.mark.slow

@@ -21,6 +21,13 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf"
 
 
+# The GLM model type (objective=prefix) with transformers' AutoConfig/AutoModel, so that a prefix
+# run's hf/ loads without trust_remote_code. Lazy: nothing is imported until transformers' own
+# auto modules are (see models/registration.py); `import pretrainlab` stays free of torch.
+from pretrainlab.models import registration as _registration  # noqa: E402
+
+_registration.install()
+
 # The typed schemas every config group refers to (`<group>_schema`): registered on import, so any
 # composition (the app, tests, notebooks using hydra.compose) finds them.
 from pretrainlab import config as _config  # noqa: E402,F401

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Checkpoint
 
 
 class TrainingFailure(RuntimeError):
@@ -27,23 +29,167 @@ class StopOnNonFiniteLoss(pl.Callback):
     stays the last good state. All ranks stop together (the decision is reduced across them).
     """
 
+    def __init__(self) -> None:
+        self._batch: Any = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._batch = batch
+
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
     ) -> None:
         bad = not bool(torch.isfinite(loss.detach()).all())
         if not trainer.strategy.reduce_boolean_decision(bad, all=False):
             return
-        callback = trainer.checkpoint_callback
-        last = Path(callback.last_model_path) if callback is not None and callback.last_model_path else None
+        last = latest_checkpoint(trainer)
         kept = (
-            f"the last good checkpoint is {last}"
-            if last is not None and last.is_file()
+            f"the last good checkpoint is {last} (step {_saved_step(trainer)})"
+            if last is not None
             else "no checkpoint had been saved yet"
         )
+        if self._has_no_targets(pl_module):
+            # A mean over no token: the settings, not the optimisation, are at fault.
+            cause = (
+                "its batch has no token to predict (raise objective.mask_probability, data.block_size "
+                "or data.batch_size)"
+            )
+        else:
+            cause = "try a lower optimizer.optimizer.lr, longer warm-up or trainer.precision=32-true"
         raise NonFiniteLossError(
             f"train/loss became {float(loss.detach()):g} at step {trainer.global_step}: training stopped, "
-            f"{kept} (try a lower optimizer.optimizer.lr, longer warm-up or trainer.precision=32-true)"
+            f"{kept} ({cause})"
         )
+
+    def _has_no_targets(self, pl_module: pl.LightningModule) -> bool:
+        count = getattr(pl_module, "count_targets", None)
+        if count is None or not isinstance(self._batch, dict) or "labels" not in self._batch:
+            return False
+        return count(self._batch) == 0
+
+
+class Interrupted(TrainingFailure):
+    """SIGTERM or SIGINT: the run saved its state at a step boundary and stopped."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_status = 128 + signum  # what a shell reports for a process ended by the signal
+
+
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt``: the latest training state, whatever the validation loss does.
+
+    Saved at the end of every validation during fit, every ``every_n_steps`` optimizer steps,
+    and when the process gets SIGTERM (what clusters send before a kill or a requeue) or SIGINT
+    (Ctrl-C): the run then saves at the next step boundary and stops with one line, so
+    ``resume=RUN_DIR`` continues where it stopped. Saves happen only between optimizer steps,
+    never inside a gradient accumulation, so a resumed run repeats nothing and skips nothing.
+    Lightning's ``ModelCheckpoint`` keeps the best checkpoint; it saves ``last`` only when it
+    saves a new best. Being a ``Checkpoint``, Lightning runs it after every other callback, so a
+    save holds their state of the same step (tokens seen, the curve).
+    """
+
+    FILENAME = "last.ckpt"
+
+    def __init__(self, dirpath: str, every_n_steps: int | None = None) -> None:
+        self.dirpath = Path(dirpath)
+        self.every_n_steps = every_n_steps or 0
+        self.saved_step: int | None = None
+        self._step_at_batch_start = -1
+        self._signal: int | None = None
+        self._previous_sigint: Any = None
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / self.FILENAME
+
+    def save(self, trainer: pl.Trainer) -> None:
+        """Write last.ckpt now (all ranks take part; rank 0 writes)."""
+        self.saved_step = trainer.global_step  # before saving: it is part of the saved state
+        trainer.save_checkpoint(self.path)
+
+    # -- signals --------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._signal = None
+        try:
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread: Ctrl-C keeps its default behaviour
+            self._previous_sigint = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._signal is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self._signal = signum
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore_sigint()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, err: BaseException) -> None:
+        self._restore_sigint()  # Lightning skips teardown hooks when fit ends in an exception
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    # -- saving ---------------------------------------------------------------------------
+    def _fitting(self, trainer: pl.Trainer) -> bool:
+        return trainer.state.fn == "fit" and not trainer.sanity_checking
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._step_at_batch_start = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if step == self._step_at_batch_start:  # inside a gradient accumulation
+            return
+        if getattr(trainer, "received_sigterm", False):  # Lightning's own SIGTERM flag
+            self._signal = signal.SIGTERM
+        stop = self._signal is not None
+        if trainer.world_size > 1:  # all ranks save and stop together (the signal may reach one)
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            self._signal = self._signal or (signal.SIGTERM if stop else None)
+        if stop:
+            self.save(trainer)
+            name = signal.Signals(self._signal).name
+            raise Interrupted(
+                f"{name} received: stopped after step {step}, state saved to {self.path} "
+                f"(continue with resume={self.dirpath.parent})",
+                self._signal,
+            )
+        if self.every_n_steps and step % self.every_n_steps == 0:
+            self.save(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Also when this step was just saved: that save preceded the validation's results.
+        if self._fitting(trainer):
+            self.save(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"saved_step": self.saved_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.saved_step = state_dict.get("saved_step")
+
+
+def _last_checkpoint_callback(trainer: pl.Trainer) -> LastCheckpoint | None:
+    return next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+
+
+def latest_checkpoint(trainer: pl.Trainer) -> Path | None:
+    """The newest ``last.ckpt`` this run holds, if one was saved."""
+    callback = _last_checkpoint_callback(trainer)
+    if callback is not None and callback.path.is_file():
+        return callback.path
+    for other in trainer.checkpoint_callbacks:  # a config without ours: Lightning's save_last
+        last = getattr(other, "last_model_path", "")
+        if last and Path(last).is_file():
+            return Path(last)
+    return None
+
+
+def _saved_step(trainer: pl.Trainer) -> int | None:
+    callback = _last_checkpoint_callback(trainer)
+    return callback.saved_step if callback is not None else None
 
 
 def logging_step(trainer: pl.Trainer, step: int) -> bool:

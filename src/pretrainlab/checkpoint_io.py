@@ -44,12 +44,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Delete what killed saves of ``path`` left behind: ``.<name>.<pid>.tmp`` of processes that no
-    longer run. A temporary of a live process (a save in progress) is left alone."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = stale.name[len(path.name) + 2 : -len(".tmp")]
+    """Delete what killed saves left next to ``path`` (a checkpoint file or its folder):
+    ``.<name>.<pid>.tmp`` of processes that no longer run, whatever the checkpoint's name (a
+    killed ``best-4.ckpt`` save is never repeated under that name). A temporary of a live
+    process (a save in progress) is left alone."""
+    folder = path if path.is_dir() else path.parent
+    for stale in folder.glob(".*.tmp"):
+        pid = stale.name[: -len(".tmp")].rsplit(".", 1)[-1]
         if pid.isdigit() and not _running(int(pid)):
             stale.unlink(missing_ok=True)
+
+
+def remove_stale_checkpoint_temporaries(trainer: Any) -> None:
+    """At the start of a run, fresh or resumed: clear what killed saves left in every checkpoint
+    folder of ``trainer``, before anything trains; otherwise a leftover stays until the next
+    save of the same file, which may never come. Remote folders (``s3://``, ...) are skipped."""
+    for callback in trainer.checkpoint_callbacks:
+        dirpath = getattr(callback, "dirpath", None)
+        if dirpath and "://" not in str(dirpath) and Path(dirpath).is_dir():
+            remove_stale_temporaries(Path(dirpath))
 
 
 def _running(pid: int) -> bool:

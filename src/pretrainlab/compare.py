@@ -28,6 +28,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from pretrainlab.reproduce import RERUN_MARKER
+
 Row = dict[str, Any]
 
 # Bookkeeping columns shown for every job, before the metrics.
@@ -82,7 +84,14 @@ def collect(sweep_dir: str | Path) -> list[Row]:
     Each row: ``dir`` (job folder name, None when skipped), ``status`` (ok, failed, missing,
     skipped), ``overrides`` (key -> value), ``metrics`` (metrics.json as written), ``curve``
     ((step, tokens, loss) tuples), ``error`` (first line, or None), ``config`` (the
-    ``CONFIG_KEYS`` found in .hydra/config.yaml), ``duplicate_of`` and ``reason`` (skipped rows).
+    ``CONFIG_KEYS`` found in .hydra/config.yaml), ``duplicate_of`` and ``reason`` (skipped rows),
+    ``covers`` (the overrides of the skipped combinations a job's row stands for).
+
+    A skipped combination whose job ran with exactly the combination's cleaned overrides (its
+    ``launch`` in sweep.json: without the settings its objective ignores) is that job: it is
+    folded into the job's row (``covers``) instead of being listed again. It keeps a row of its
+    own when the job ran with other values (a sweep from before the sweeper launched cleaned
+    overrides) or left no overrides.yaml.
     """
     sweep = Path(sweep_dir)
     if not sweep.is_dir():
@@ -93,14 +102,23 @@ def collect(sweep_dir: str | Path) -> list[Row]:
         what = "a single run folder" if (sweep / ".hydra").is_dir() else "not a sweep folder"
         raise CompareError(f"{sweep}: {what} (no job folders and no sweep.json)")
     rows: list[Row] = []
-    listed: set[str] = set()
+    listed: dict[str, Row] = {}
     for entry in plan or []:
         if entry.get("dir") is None:
-            rows.append(_skipped_row(entry))
+            covering = listed.get(str(entry.get("duplicate_of")))
+            launch = entry.get("launch")
+            if (
+                covering is not None
+                and isinstance(launch, list)
+                and _parse_overrides(launch) == covering["overrides"]
+            ):
+                covering["covers"].append(_parse_overrides(entry.get("overrides") or []))
+            else:
+                rows.append(_skipped_row(entry))
             continue
         name = str(entry["dir"])
-        listed.add(name)
-        rows.append(_job_row(sweep / name, _parse_overrides(entry.get("overrides") or [])))
+        listed[name] = _job_row(sweep / name, _parse_overrides(entry.get("overrides") or []))
+        rows.append(listed[name])
     rows.extend(_job_row(path, {}) for path in job_dirs if path.name not in listed)
     return rows
 
@@ -120,11 +138,19 @@ def _read_plan(sweep: Path) -> list[dict[str, Any]] | None:
 
 
 def _job_dirs(sweep: Path) -> list[Path]:
-    """Hydra names job folders by number; any folder holding .hydra/ is a job too."""
+    """Hydra names job folders by number; any folder holding .hydra/ is a job too.
+
+    Except, in a sweep folder, a ``pretrainlab-reproduce`` rerun (it holds ``RERUN_MARKER``): it
+    repeats one of the jobs, and counted as a job it would be merged with it like another seed.
+    """
+    in_sweep = (sweep / "sweep.json").is_file() or (sweep / "multirun.yaml").is_file()
     found = [
         p
         for p in sweep.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and (p.name.isdigit() or (p / ".hydra").is_dir())
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and (p.name.isdigit() or (p / ".hydra").is_dir())
+        and not (in_sweep and (p / RERUN_MARKER).is_file())
     ]
     return sorted(found, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
 
@@ -141,6 +167,7 @@ def _skipped_row(entry: dict[str, Any]) -> Row:
         "config": {},
         "duplicate_of": None if entry.get("duplicate_of") is None else str(entry["duplicate_of"]),
         "reason": entry.get("reason"),
+        "covers": [],
     }
 
 
@@ -158,6 +185,7 @@ def _job_row(path: Path, planned: dict[str, Any]) -> Row:
         "config": _read_config(path),
         "duplicate_of": None,
         "reason": None,
+        "covers": [],
     }
 
 

@@ -9,6 +9,7 @@ Hydra composes the config, not halfway through a run. Checks that need more than
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -38,6 +41,8 @@ class MaskedObjectiveConfig(ObjectiveConfig):
     mask_replace_prob: float = 0.8
     random_replace_prob: float = 0.1
     whole_word_mask: bool = False
+    # Groups CJK characters into words for whole_word_mask (rjieba or jieba); unused without it.
+    word_segmenter: str = "rjieba"
     # Vocabulary projection only at labelled positions while training (same loss, less work).
     sparse_head: bool = True
 
@@ -50,6 +55,9 @@ class CausalObjectiveConfig(ObjectiveConfig):
 @dataclass
 class Seq2SeqObjectiveConfig(ObjectiveConfig):
     mean_noise_span_length: float = 3.0
+    # "reference": T5's masks (a non-noise run first, noise last), comparable with published T5
+    # numbers; "uniform": spans may start anywhere (no positional bias on short documents).
+    noise_layout: str = "reference"
 
 
 @dataclass
@@ -57,6 +65,10 @@ class PrefixObjectiveConfig(ObjectiveConfig):
     span_poisson_lambda: float = 3.0
     mode: str = "mixed"
     gmask_probability: float = 0.5
+    # Shortest generated share of a gMASK block: its length ~ U[ratio * L, L - 1] (GLM's gpt_min_ratio).
+    gmask_min_ratio: float = 0.5
+    # Blank spans may hold the eos between two packed documents (GLM keeps them inside one).
+    spans_cross_documents: bool = False
 
 
 @dataclass
@@ -106,6 +118,9 @@ class DataConfig:
     max_documents: int | None = None
     # Share of .txt lines that may be skipped for not being UTF-8 before that is an error.
     max_bad_line_fraction: float = BAD_LINE_FRACTION
+    # Hash every file of a cache entry on load, however large (entries up to 128 MiB always
+    # are; larger ones otherwise get their file sizes checked only).
+    verify_cache: bool = False
     probe: ProbeDataConfig = field(default_factory=ProbeDataConfig)
 
 
@@ -153,7 +168,10 @@ class TrainerConfig:
     precision: str = "32-true"
     max_steps: int = 300
     max_tokens: int | None = None
+    # Optimizer steps between validations (each also saves checkpoints/last.ckpt).
     val_check_interval: int = 50
+    # Also save last.ckpt every this many optimizer steps (null: only at validations and signals).
+    checkpoint_every_n_steps: int | None = None
     limit_val_batches: Any = 20
     log_every_n_steps: int = 10
     gradient_clip_val: float | None = 1.0
@@ -202,6 +220,10 @@ def validate(cfg: DictConfig) -> None:
     from pretrainlab.models.backbones import check_family
 
     obj, data, model = cfg.objective, cfg.data, cfg.model
+    seed = cfg.get("seed", 0)
+    if not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed}: must be an integer from 0 to 4294967295")
+    _check_cache_dir(cfg.paths.cache_dir)
     if not isinstance(cfg.get("offline", True), bool):
         raise ConfigError(f"offline={cfg.offline}: must be true or false")
     if obj.name in ("masked", "seq2seq", "prefix"):
@@ -214,10 +236,28 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(
                 "objective.mask_replace_prob + objective.random_replace_prob: must not exceed 1"
             )
+        from pretrainlab.data.words import DEFAULT_SEGMENTER, SEGMENTERS, is_installed
+
+        segmenter = obj.get("word_segmenter") or DEFAULT_SEGMENTER
+        if segmenter not in SEGMENTERS:
+            raise ConfigError(f"objective.word_segmenter={segmenter}: must be one of {', '.join(SEGMENTERS)}")
+        if obj.whole_word_mask and not is_installed(segmenter):
+            raise ConfigError(
+                f"objective.word_segmenter={segmenter}: not installed, and objective.whole_word_mask "
+                f"needs it (pip install {SEGMENTERS[segmenter]})"
+            )
     if obj.name == "seq2seq" and obj.mean_noise_span_length < 1:
         raise ConfigError(
             f"objective.mean_noise_span_length={obj.mean_noise_span_length}: must be at least 1"
         )
+    # A config saved before noise_layout existed (pretrainlab-reproduce) has none: nothing to check.
+    if obj.name == "seq2seq" and obj.get("noise_layout") is not None:
+        from pretrainlab.objectives.span_corruption import NOISE_LAYOUTS
+
+        if obj.noise_layout not in NOISE_LAYOUTS:
+            raise ConfigError(
+                f"objective.noise_layout={obj.noise_layout}: must be one of {', '.join(NOISE_LAYOUTS)}"
+            )
     if obj.name == "prefix":
         if obj.mode not in PREFIX_MODES:
             raise ConfigError(f"objective.mode={obj.mode}: must be one of {', '.join(PREFIX_MODES)}")
@@ -225,8 +265,16 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"objective.span_poisson_lambda={obj.span_poisson_lambda}: must be positive")
         if not 0.0 <= obj.gmask_probability <= 1.0:
             raise ConfigError(f"objective.gmask_probability={obj.gmask_probability}: must be between 0 and 1")
+        # .get: configs saved before these keys existed still validate.
+        gmask_min_ratio = obj.get("gmask_min_ratio", 0.5)
+        if not 0.0 <= gmask_min_ratio <= 1.0:
+            raise ConfigError(f"objective.gmask_min_ratio={gmask_min_ratio}: must be between 0 and 1")
+        cross = obj.get("spans_cross_documents", False)
+        if not isinstance(cross, bool):
+            raise ConfigError(f"objective.spans_cross_documents={cross}: must be true or false")
     check_family(obj.name, model.family)
     _check_decoding(cfg)
+    _warn_untrained_block_positions(cfg)
 
     if data.source not in DATA_SOURCES:
         raise ConfigError(f"data.source={data.source}: must be one of {', '.join(DATA_SOURCES)}")
@@ -242,6 +290,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.path={data.path}: no such file or directory")
     if data.block_size <= 0:
         raise ConfigError(f"data.block_size={data.block_size}: must be positive")
+    if data.block_size < 2:
+        raise ConfigError(
+            f"data.block_size={data.block_size}: must be at least 2 (a block needs a token to read "
+            "and one to predict)"
+        )
+    if obj.name == "masked" and data.batch_size > 0:
+        _check_masked_share(obj.mask_probability, data.block_size, data.batch_size)
     if model.pretrained is None and data.block_size > model.max_position_embeddings:
         raise ConfigError(
             f"data.block_size={data.block_size}: larger than the model's maximum positions "
@@ -262,6 +317,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optimizer.optimizer.lr={cfg.optimizer.optimizer.lr}: must be positive")
     if cfg.trainer.max_steps <= 0 and cfg.trainer.max_tokens is None:
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: must be positive")
+    every = cfg.trainer.get("checkpoint_every_n_steps")
+    if every is not None and every <= 0:
+        raise ConfigError(f"trainer.checkpoint_every_n_steps={every}: must be positive (or null)")
     limit_val = cfg.trainer.limit_val_batches
     if isinstance(limit_val, int | float) and limit_val <= 0:
         # Lightning's way to switch validation off; here every run is judged by its final
@@ -278,6 +336,39 @@ def validate(cfg: DictConfig) -> None:
         _check_pretrained_path(model.pretrained, "model.pretrained")
     if cfg.tokenizer.pretrained is not None:
         _check_pretrained_path(cfg.tokenizer.pretrained, "tokenizer.pretrained")
+
+
+# A batch without a masked token has no loss: refused when more than this share of batches would.
+EMPTY_BATCH_SHARE = 1e-3
+
+
+def _check_masked_share(probability: float, block_size: int, batch_size: int) -> None:
+    """Each token is masked with ``probability``, so a batch of n tokens has none with chance
+    (1 - p)^n. Such a batch has no loss to learn from (its mean over no token is NaN)."""
+    tokens = block_size * batch_size
+    empty = (1.0 - probability) ** tokens
+    if empty > EMPTY_BATCH_SHARE:
+        raise ConfigError(
+            f"objective.mask_probability={probability}: a batch of data.batch_size={batch_size} x "
+            f"data.block_size={block_size} tokens would have no masked token {empty:.1%} of the time "
+            f"({probability * tokens:.1f} on average), and then no loss; raise it or the batch"
+        )
+
+
+def _check_cache_dir(value: str) -> None:
+    """The cache is written before anything else: a folder that cannot be written fails here."""
+    import tempfile
+
+    folder = Path(str(value)).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"paths.cache_dir={value}: not writable ({err.strerror or type(err).__name__}); set "
+            "PRETRAINLAB_CACHE to a writable folder"
+        ) from err
 
 
 def available_devices(accelerator: str) -> tuple[int, str]:
@@ -354,6 +445,25 @@ def _check_decoding(cfg: DictConfig) -> None:
         raise ConfigError(
             f"decoding.num_beams={settings['num_beams']}: the prefix (GLM) decoder has no beam search; "
             "use greedy, sampling, top_k, top_p, min_p or contrastive"
+        )
+
+
+def _warn_untrained_block_positions(cfg: DictConfig) -> None:
+    """The GLM decoder gives its n-th generated token block position n + 1; training reaches
+    block positions up to the longest [gMASK] span + 1, at most ``data.block_size``. Rows past
+    that were never trained: the generation still runs, but say so before training."""
+    obj = cfg.objective
+    if obj.name != "prefix" or obj.get("mode") == "blank":
+        return
+    longest = cfg.data.block_size  # a [gMASK] span has at most block_size - 1 tokens, + [sop]
+    reads = (cfg.decoding.get("max_new_tokens") or 0) + 1
+    if reads > longest:
+        log.warning(
+            "decoding.max_new_tokens=%s: the prefix model's generations read block positions up to %d, "
+            "training reaches at most %d (data.block_size); tokens past that use untrained embeddings",
+            cfg.decoding.max_new_tokens,
+            reads,
+            longest,
         )
 
 

@@ -46,10 +46,16 @@ def evaluate_module(
         docs = datamodule.heldout_documents(_CLOZE_DOCUMENTS, min(ks) + 2)
         items = make_cloze_items(docs, ks, per_k=ev.cloze_per_k, seed=ev.seed)
         metrics.update(evaluate_cloze(module, items, ks=ks))
-    if ev.continuation:
+    untrained = module.continuation_problem()
+    if untrained is not None:
+        # A number measured through a layout the model never saw would read as a finding.
+        metrics["not_evaluated"] = {"continuation": untrained, "generation": untrained}
+    if ev.continuation and untrained is None:
         docs = datamodule.heldout_documents(ev.continuation_items, ev.prompt_tokens + 1)
         items = make_continuation_items(docs, ev.prompt_tokens, ev.continuation_tokens)
         metrics.update(evaluate_continuation(module, items))
+    elif ev.continuation:
+        metrics["continuation/bpc"] = None
     if ev.probe:
         metrics.update(
             evaluate_probe(
@@ -62,7 +68,7 @@ def evaluate_module(
             )
         )
     metrics["decoding"] = None
-    if ev.generation and module.generative:
+    if ev.generation and module.generative and untrained is None:
         docs = datamodule.heldout_documents(ev.num_prompts, ev.prompt_tokens + 1)
         prompts = [doc[: ev.prompt_tokens] for doc in docs]
         decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
@@ -100,17 +106,22 @@ def evaluate_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     ``evaluation.*``), and merge the results into its metrics.json."""
     from hydra.utils import get_class
 
+    from pretrainlab.build import build_datamodule
     from pretrainlab.infer import load_run
-    from pretrainlab.train import build_datamodule  # here: train imports this module
+    from pretrainlab.trusted_targets import require_trusted
 
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.exists():
         raise ValueError(f"{run_dir}: not a run folder (no .hydra/config.yaml)")
     cfg = OmegaConf.load(saved)
+    require_trusted(cfg, saved)  # before get_class below imports what a shared folder names
     cfg.merge_with_dotlist(overrides)
     OmegaConf.update(cfg, "paths.output_dir", str(run_dir))  # the saved value interpolates hydra:
     apply_offline(cfg.get("offline", True))  # as the run itself did (its data may be a hub name)
-    run = load_run(run_dir)
+    settings = {
+        k: v for k, v in OmegaConf.to_container(cfg.objective, resolve=True).items() if k != "_target_"
+    }
+    run = load_run(run_dir, settings)  # the objective's settings: what its evaluation depends on
     objective_cls: type[PretrainingObjective] = get_class(cfg.objective._target_)
     datamodule = build_datamodule(cfg, objective_cls)
     datamodule.setup()

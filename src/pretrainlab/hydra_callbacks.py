@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 # Any of these in a folder means a run lives there.
 RUN_MARKERS = (".hydra", "metrics.json", "checkpoints", "hf")
@@ -16,6 +17,27 @@ RUN_MARKERS = (".hydra", "metrics.json", "checkpoints", "hf")
 def is_run_dir(folder: Path) -> bool:
     """A folder that holds (part of) an earlier run."""
     return any((folder / marker).exists() for marker in RUN_MARKERS)
+
+
+def claim_run_dir(folder: Path, alternatives: bool) -> Path | None:
+    """Take ``folder`` for a new run, atomically; with ``alternatives``, the first free of
+    ``folder``, ``folder-1``, ``folder-2``, ... None if it (and no alternative) is free.
+
+    The claim is the creation of the folder's ``.hydra/`` (where Hydra then saves the config),
+    which succeeds for exactly one process: two runs started in the same second, whose default
+    folders have the same name, get different folders instead of sharing one.
+    """
+    for n in range(1000 if alternatives else 1):
+        candidate = folder if n == 0 else folder.with_name(f"{folder.name}-{n}")
+        if is_run_dir(candidate):
+            continue
+        candidate.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(candidate / ".hydra")
+        except FileExistsError:  # another run claimed it since the check
+            continue
+        return candidate
+    return None
 
 
 def _refuse(message: str) -> None:
@@ -53,8 +75,17 @@ class RunDirGuard(Callback):
             self._check_resume(config)
             return
         folder = Path(str(OmegaConf.select(config, "hydra.run.dir")))
-        if is_run_dir(folder):
+        # A folder the user named is theirs to choose again; the default (a timestamp) is ours.
+        chosen = any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra)
+        try:
+            claimed = claim_run_dir(folder, alternatives=not chosen)
+        except OSError as err:  # a read-only parent, a file where a folder should be, a full disk
+            _refuse(f"hydra.run.dir={folder}: cannot be created ({err.strerror or type(err).__name__})")
+        if claimed is None:
             _refuse(f"hydra.run.dir={folder}: holds an earlier run; choose a new folder")
+        # Resolved once: the default's ${now:...} read again by Hydra could name another second.
+        with read_write(config.hydra.run), open_dict(config.hydra.run):
+            config.hydra.run.dir = str(claimed)
 
     @staticmethod
     def _check_resume(config: DictConfig) -> None:

@@ -7,6 +7,9 @@ names still work for a user with a network: ``offline=false`` turns downloads ba
 The libraries read ``HF_HUB_OFFLINE`` and friends when they are imported, which happens before
 the config is composed; so the switch is set both in their module constants (this process)
 and in the environment (processes started later: DDP ranks, data loader workers).
+
+W&B in offline mode (``logger=wandb``, the default) is kept from reaching out too: see
+:func:`quiet_wandb`.
 """
 
 from __future__ import annotations
@@ -42,3 +45,21 @@ def offline_hint(name: str) -> str:
     if is_offline() and not looks_local:
         return "; downloads are off (offline=true): add offline=false to fetch it from the Hub"
     return ""
+
+
+QUIET_WANDB_MODES = ("offline", "dryrun", "disabled")
+
+
+def quiet_wandb(mode: str | None) -> None:
+    """Keep W&B's own telemetry from reaching out when its run is offline (call before W&B starts).
+
+    wandb 0.31 builds its OpenTelemetry analytics from its *global* settings, not the run's, so a
+    run started with ``wandb.init(mode="offline")`` (what ``logger.wandb.mode=offline`` does) still
+    looks up ``api.forge.coreweave.com`` when the process exits, to probe the telemetry endpoint.
+    ``WANDB_ERROR_REPORTING=false`` (documented by W&B) turns that telemetry off; the run's own
+    files (history, summary, tables) are untouched. Online runs are left as W&B's users know them,
+    and so is a value the user set. It is read when W&B first records telemetry, so in a process
+    that already ran an online W&B run it comes too late (that run used the network anyway).
+    """
+    if mode in QUIET_WANDB_MODES:
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")

@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import time
 import traceback
@@ -23,16 +22,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from pretrainlab import config_dir
-from pretrainlab.callbacks import TokenThroughput, TrainingFailure, ValidationCurve
-from pretrainlab.checkpoint_io import AtomicCheckpointIO
+from pretrainlab.build import build_datamodule, build_objective
+from pretrainlab.callbacks import Interrupted, TokenThroughput, TrainingFailure, ValidationCurve
+from pretrainlab.checkpoint_io import AtomicCheckpointIO, remove_stale_checkpoint_temporaries
+from pretrainlab.cli_errors import composition_problem
 from pretrainlab.config import ConfigError, validate
 from pretrainlab.data.datamodule import PretrainDataModule
-from pretrainlab.data.sampling import SeededCollator
 from pretrainlab.distributed import is_rank_zero, launch_scope
 from pretrainlab.evaluate import evaluate_module
 from pretrainlab.evaluation.bookkeeping import bookkeeping_metrics, seq2seq_token_counts
+from pretrainlab.loggers import wandb_run_id
 from pretrainlab.network import apply_offline
 from pretrainlab.objectives.base import PretrainingObjective
 from pretrainlab.utils import print_config_tree, write_json_atomic
@@ -42,43 +44,19 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def build_datamodule(cfg: DictConfig, objective_cls: type[PretrainingObjective]) -> PretrainDataModule:
-    """The shared pipeline, asked for the raw block length the objective needs."""
-    return PretrainDataModule(
-        cfg.data,
-        cfg.tokenizer,
-        objective_cls.name,
-        cfg.paths.cache_dir,
-        packed_length=objective_cls.packed_length(cfg.data.block_size, cfg.objective),
-    )
-
-
-def build_objective(cfg: DictConfig, datamodule: PretrainDataModule) -> PretrainingObjective:
-    """Backbone from the size config (or pretrained), wrapped in the objective's LightningModule."""
-    objective_cls: type[PretrainingObjective] = get_class(cfg.objective._target_)
-    model = objective_cls.build_backbone(cfg.model, datamodule.tokenizer, cfg.data.block_size)
-    module: PretrainingObjective = instantiate(
-        cfg.objective,
-        model=model,
-        tokenizer=datamodule.tokenizer,
-        optimizer=instantiate(cfg.optimizer.optimizer),
-        warmup_ratio=cfg.optimizer.warmup_ratio,
-        _recursive_=False,
-    )
-    datamodule.collate_fn = SeededCollator(module.build_collator(), cfg.seed)
-    return module
-
-
 def trainer_settings(cfg: DictConfig, tokens_per_step: float) -> dict[str, Any]:
     """Trainer keyword arguments; a token budget (``trainer.max_tokens``) decides max_steps."""
     settings = OmegaConf.to_container(cfg.trainer, resolve=True)
     if isinstance(settings["strategy"], dict):  # a strategy object, e.g. trainer=ddp's
         settings["strategy"] = instantiate(cfg.trainer.strategy)
-    for ours in ("compile", "validate_at_start"):  # pretrainlab's own, applied in train()
+    for ours in ("compile", "validate_at_start", "checkpoint_every_n_steps"):  # pretrainlab's own
         settings.pop(ours, None)
     max_tokens = settings.pop("max_tokens")
     if max_tokens is not None:
         settings["max_steps"] = max(1, math.ceil(max_tokens / tokens_per_step))
+    # Lightning counts batches between validations; the setting counts optimizer steps, so a
+    # validation (and its checkpoint) never falls inside a gradient accumulation.
+    settings["val_check_interval"] = settings["val_check_interval"] * settings["accumulate_grad_batches"]
     # Validation counts optimizer steps across epochs, however short an epoch is.
     settings.update(max_epochs=-1, check_val_every_n_epoch=None, num_sanity_val_steps=0)
     # Our sampler shards every batch across ranks itself (data/sampling.py).
@@ -95,6 +73,9 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     for name, logger_cfg in cfg.logger.items():
         if name == "wandb":
             identity = {k: v for k, v in wandb_identity(cfg).items() if logger_cfg.get(k) is None}
+            if logger_cfg.get("id") is None and is_rank_zero():
+                # One W&B run per run folder: a resumed run continues it.
+                identity.update(id=wandb_run_id(cfg.paths.output_dir), resume="allow")
             loggers.append(start_wandb(logger_cfg, identity))
         else:
             loggers.append(instantiate(logger_cfg))
@@ -108,6 +89,9 @@ def start_wandb(logger_cfg: DictConfig, identity: dict[str, Any]) -> Any:
     up before training, as a warning, and the job (and the sweep around it) goes on with an
     offline run that ``wandb sync`` can upload later.
     """
+    from pretrainlab.network import quiet_wandb
+
+    quiet_wandb(logger_cfg.get("mode"))  # before W&B starts: its telemetry ignores an offline mode
     logger = instantiate(logger_cfg, **identity)
     if logger_cfg.get("mode") in ("offline", "disabled"):
         return logger
@@ -159,6 +143,18 @@ def _world(cfg: DictConfig) -> int:
     return devices if isinstance(devices, int) and devices > 0 else 1
 
 
+def _check_batch_fits(cfg: DictConfig, datamodule: PretrainDataModule) -> None:
+    """One batch (per process, times the processes) must fit in the training blocks."""
+    blocks = len(datamodule.splits["train"])
+    needed = cfg.data.batch_size * _world(cfg)
+    if blocks < needed:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size}: one batch needs {needed} training blocks, the corpus "
+            f"gives {blocks} blocks of {datamodule.packed_length} tokens "
+            "(lower data.batch_size or data.block_size)"
+        )
+
+
 def _float(value: torch.Tensor | float | None) -> float | None:
     return None if value is None else float(value)
 
@@ -176,6 +172,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = build_datamodule(cfg, objective_cls)
     datamodule.setup()
+    _check_batch_fits(cfg, datamodule)
     module = build_objective(cfg, datamodule)
     if cfg.trainer.get("compile", False):
         module.compile_backbone()
@@ -198,6 +195,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             default_root_dir=str(out),
             plugins=[AtomicCheckpointIO()],
         )
+        if trainer.is_global_zero:  # what killed saves left, gone before anything trains or resumes
+            remove_stale_checkpoint_temporaries(trainer)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -214,7 +213,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             trainer.validate(module, datamodule=datamodule, verbose=False)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         last_train_loss = _float(trainer.callback_metrics.get("train/loss"))  # validate() resets these
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = next(
+            (c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), ""
+        )
         # The final weights are the result: every objective is judged after the same token budget
         # (the best checkpoint by validation loss stays in checkpoints/).
         final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
@@ -269,7 +270,7 @@ def _record_failure(cfg: DictConfig, err: BaseException) -> None:
         write_json_atomic(
             out / "metrics.json",
             {
-                "status": "failed",
+                "status": "interrupted" if isinstance(err, Interrupted) else "failed",
                 "objective": cfg.objective.name,
                 "error": f"{type(err).__name__}: {first_line}",
             },
@@ -286,11 +287,15 @@ def _in_multirun() -> bool:
 def main(cfg: DictConfig) -> float:
     """Run one job. Bad input exits (status 2) with one line naming the key or file and no
     traceback, a failure the user can act on (NaN loss) with one line and status 1; in a sweep
-    a failing job records its error and raises, so the sweep goes on to the others."""
+    a failing job records its error and raises, so the sweep goes on to the others. SIGTERM or
+    Ctrl-C stops a sweep too, after the job in progress saved its state."""
     try:
         metrics = train(cfg)
     except Exception as err:
         _record_failure(cfg, err)
+        if isinstance(err, Interrupted):
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(err.exit_status)
         if isinstance(err, ConfigError | TrainingFailure) and not _in_multirun():
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2 if isinstance(err, ConfigError) else 1)
@@ -309,42 +314,6 @@ def _finish_wandb() -> None:
 
         if wandb.run is not None:
             wandb.finish()
-
-
-def composition_problem(overrides: list[str]) -> str | None:
-    """Compose the config as Hydra will, and describe in one line what fails, if anything."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            compose(config_name="train", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        return describe_composition_error(err)
-    return None
-
-
-def describe_composition_error(err: BaseException) -> str:
-    """Hydra's composition errors span several lines; say the same in one, key first."""
-    text = str(err)
-    missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
-    if missing:
-        group, option = missing.groups()
-        options = [
-            o for o in re.findall(r"^\t(\S+)$", text, re.M) if "=" not in o and not o.endswith("_schema")
-        ]
-        return f"{group}={option}: no such option (choose {', '.join(options)})"
-    unknown = re.search(r"Could not override '([^']+)'", text)
-    if unknown:
-        key = unknown.group(1)
-        return f"{key}: no such setting (check the spelling; +{key}=... adds a new key)"
-    cause = err.__cause__
-    if cause is not None:
-        key = getattr(cause, "full_key", None)
-        first = str(cause).strip().splitlines()[0]
-        return f"{key}: {first}" if key else first
-    return text.strip().splitlines()[0]
 
 
 def cli() -> None:

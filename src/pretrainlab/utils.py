@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,13 +35,18 @@ def write_dir_atomic(target: Path, write: Callable[[Path], None], *, replace: bo
 
     A crash or kill at any point leaves either no ``target`` or a complete one, never half of
     one. ``replace=False`` (caches): a ``target`` that appeared meanwhile, written by a
-    concurrent job, is kept. ``replace=True`` (exports): an existing ``target`` is moved aside
-    and deleted only once the new one is in place.
+    concurrent job, is kept. ``replace=True`` (exports): an existing ``target`` is swapped with
+    the new folder in one step (Linux ``renameat2(RENAME_EXCHANGE)``), so a complete ``target``
+    (the old one, then the new one) exists at every moment; the old one, now under the
+    temporary name, is deleted afterwards. Where the exchange is unavailable (not Linux, glibc
+    before 2.28, a file system that answers EINVAL such as some network ones) it falls back to
+    two renames, the old folder aside and the new one in: a kill between those two leaves no
+    ``target``, only ``.<name>-old-*`` (complete) next to it, which the next export removes.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     if replace:  # an export has one writer: any earlier temporary is what a killed write left
         for stale in target.parent.glob(f".{target.name}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove(stale)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     umask = os.umask(0)
     os.umask(umask)
@@ -45,7 +54,9 @@ def write_dir_atomic(target: Path, write: Callable[[Path], None], *, replace: bo
     old: Path | None = None
     try:
         write(tmp)
-        if replace and target.exists():
+        if replace and os.path.lexists(target):
+            if _exchange(tmp, target):
+                return  # `tmp` now holds the old folder: removed below
             old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-old-"))
             os.replace(target, old)
         os.replace(tmp, target)
@@ -53,9 +64,53 @@ def write_dir_atomic(target: Path, write: Callable[[Path], None], *, replace: bo
         if replace or not target.exists():  # a concurrent job may have won the race; its copy is as good
             raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
+
+
+# renameat2(2) arguments: relative paths resolve against the working directory; swap the two.
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+# What renameat2 answers where the exchange cannot be done: a file system without it (EINVAL,
+# EOPNOTSUPP), a kernel without the call (ENOSYS).
+_NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+@functools.cache
+def _libc_renameat2() -> Callable[..., int] | None:
+    """libc's ``renameat2`` (glibc >= 2.28), or None where there is no such function."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step; False (nothing changed) where the system or
+    file system cannot, so the caller falls back to renames. Other failures raise OSError."""
+    renameat2 = _libc_renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _NO_EXCHANGE:
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder (or whatever a swap left under its name); missing is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

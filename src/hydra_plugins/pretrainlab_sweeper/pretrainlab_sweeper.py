@@ -3,7 +3,9 @@
 It is Hydra's basic sweeper with three changes:
 - a combination that differs from an earlier one only in settings its objective does not
   use (``mask_probability`` for causal, ``decoding`` for masked) is not trained again; it is
-  recorded in ``sweep.json`` as a skipped duplicate of the job that covers it;
+  recorded in ``sweep.json`` as a skipped duplicate of the job that covers it, and every job
+  is launched without such settings (its ``launch`` in sweep.json), so its saved config,
+  ``overrides.yaml`` and W&B name show them as not applicable;
 - a failing job does not stop the sweep: its error is in its run folder, the other jobs run,
   and the sweep exits non-zero at the end naming the failed jobs;
 - when every job has run, the comparison report (``pretrainlab-compare``) is written.
@@ -41,6 +43,7 @@ ConfigStore.instance().store(
 
 
 def override_key(override: str) -> str:
+    """``+a.b=1`` -> ``a.b``: the key an override sets, whatever its prefix, to compare keys."""
     return override.split("=", 1)[0].lstrip("+~")
 
 
@@ -119,9 +122,9 @@ class PretrainlabSweeper(BasicSweeper):
 
         returns: list[list[JobReturn]] = []
         failed: list[str] = []
-        batches = list(
-            self.split_overrides_to_chunks([e["overrides"] for e in launched], self.max_batch_size)
-        )
+        # Each job is launched with its cleaned overrides: the settings its objective ignores are
+        # left out, so its saved config, overrides.yaml and W&B name say "not applicable".
+        batches = list(self.split_overrides_to_chunks([e["launch"] for e in launched], self.max_batch_size))
         start = 0
         for batch in batches:
             self.validate_batch_is_legal(batch)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +25,10 @@ from pretrainlab.network import offline_hint
 log = logging.getLogger(__name__)
 
 TEXT = "text"
-# Suffixes `datasets.load_dataset` reads with a builder of that name.
+# Suffixes `datasets.load_dataset` reads with a builder of that name (in any case: .TXT is .txt).
 FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# Names listed per kind in the warning about the files of a folder that are not read.
+_LISTED_PER_KIND = 5
 # A word's tag (`/v`), a bracketed entity's opening `[` and closing `]nt`, and the spaces between words.
 _MARKUP = re.compile(r"/[A-Za-z]+|\[|\][A-Za-z]+|[ \t\u3000]+")
 
@@ -55,21 +61,124 @@ def load_sample_zh() -> datasets.Dataset:
     return datasets.Dataset.from_dict({TEXT: texts})
 
 
-def _files_builder(path: Path) -> tuple[str, list[str]]:
+def _builder_of(path: Path) -> str | None:
+    return FILE_BUILDERS.get(path.suffix.lower())
+
+
+def _files_builder(path: Path, where: str) -> tuple[str, list[str]]:
+    """The builder and the files to read; a folder's files that are not read are named in one
+    warning (``where`` starts it), so a corpus never silently loses a file."""
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in FILE_BUILDERS and p.is_file())
+        files: list[Path] = []
+        skipped: dict[str, list[str]] = {
+            "suffix not read": [],
+            "broken symlink": [],
+            "not a regular file": [],
+        }
+        for p in sorted(path.rglob("*")):
+            if p.is_dir() or (p.name.startswith("cache-") and p.suffix == ".arrow"):
+                continue  # a cache `datasets` wrote is no corpus file (see _is_corpus_file)
+            name = p.relative_to(path).as_posix()
+            if p.is_symlink() and not p.exists():
+                skipped["broken symlink"].append(name)
+            elif not p.is_file():  # a FIFO, socket or device: reading it could block forever
+                skipped["not a regular file"].append(name)
+            elif _builder_of(p) is None:
+                skipped["suffix not read"].append(name)
+            else:
+                files.append(p)
+        summary = _skipped_summary(skipped)
         if not files:
-            raise ConfigError(f"data.path={path}: folder holds no .txt/.jsonl/.json/.csv/.parquet file")
-        suffixes = {FILE_BUILDERS[p.suffix] for p in files}
-        if len(suffixes) > 1:
-            raise ConfigError(f"data.path={path}: folder mixes file types ({', '.join(sorted(suffixes))})")
-        return suffixes.pop(), [str(p) for p in files]
-    if path.suffix not in FILE_BUILDERS:
+            raise ConfigError(
+                f"data.path={path}: folder holds no .txt/.jsonl/.json/.csv/.parquet file"
+                + (f"; {summary}" if summary else "")
+            )
+        if summary:
+            log.warning("%s: %s", where, summary)
+        builders = {_builder_of(p) for p in files}
+        if len(builders) > 1:
+            raise ConfigError(f"data.path={path}: folder mixes file types ({', '.join(sorted(builders))})")
+        return builders.pop(), [str(p) for p in files]
+    builder = _builder_of(path)
+    if builder is None:
         raise ConfigError(
             f"data.path={path}: unsupported file type '{path.suffix}' "
             f"(use {', '.join(FILE_BUILDERS)}, or a save_to_disk folder)"
         )
-    return FILE_BUILDERS[path.suffix], [str(path)]
+    return builder, [str(path)]
+
+
+def _skipped_summary(skipped: dict[str, list[str]]) -> str:
+    """``skipped 3 files: suffix not read (a.text; ...), broken symlink (b.txt)``, or "" for none."""
+    total = sum(len(names) for names in skipped.values())
+    if not total:
+        return ""
+    parts = []
+    for kind, names in skipped.items():
+        if not names:
+            continue
+        listed = ", ".join(names[:_LISTED_PER_KIND])
+        if len(names) > _LISTED_PER_KIND:
+            listed += f" and {len(names) - _LISTED_PER_KIND} more"
+        if kind == "suffix not read":
+            listed += f"; the suffixes read are {', '.join(FILE_BUILDERS)}"
+        parts.append(f"{kind} ({listed})")
+    return f"skipped {total} file{'s' if total > 1 else ''}: {', '.join(parts)}"
+
+
+def first_json_problem(files: list[str], folder: Path | None = None) -> str | None:
+    """``line 17 is not valid JSON (...)`` for the first malformed line of JSON files (prefixed by
+    the file's name within ``folder``), or None when every file parses.
+
+    ``datasets``' JSON builder names neither the file nor the line (its "row" counts within a
+    block of rows), so when it fails the files are parsed again here to point at the line.
+    """
+    for name in files:
+        path = Path(name)
+        found = _json_error(
+            path.read_text(encoding="utf-8", errors="replace"), path.suffix.lower() == ".jsonl"
+        )
+        if found is not None:
+            line, message, column = found
+            label = f"{path.relative_to(folder).as_posix()} " if folder is not None else ""
+            return f"{label}line {line} is not valid JSON ({message}, column {column})"
+    return None
+
+
+def _json_error(text: str, json_lines: bool) -> tuple[int, str, int] | None:
+    """(line, message, column) of the first JSON error. A ``.json`` file is one document or JSON
+    lines (``datasets`` reads both): JSON lines when its first non-blank line parses alone."""
+    whole: json.JSONDecodeError | None = None
+    if not json_lines:
+        try:
+            json.loads(text)
+            return None
+        except json.JSONDecodeError as err:
+            whole = err
+    first = True
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as err:
+            if whole is not None and first:  # one document, broken somewhere
+                return whole.lineno, whole.msg, whole.colno
+            return number, err.msg, err.colno
+        first = False
+    return None
+
+
+@contextmanager
+def _quiet_json_builder() -> Iterator[None]:
+    """The JSON builder logs its own error before raising; ours names the line, in one line."""
+    logger = logging.getLogger("datasets.packaged_modules.json.json")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def count_undecodable_lines(files: list[str]) -> tuple[int, int]:
@@ -107,14 +216,18 @@ def load_files(
     likely in another encoding.
     """
     path = Path(path_value).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"data.path={path_value}: a broken symlink (to {os.readlink(path)})")
     if not path.exists():
         raise ConfigError(f"data.path={path_value}: no such file or directory")
+    if not (path.is_dir() or path.is_file()):  # a FIFO would block the first read forever
+        raise ConfigError(f"data.path={path_value}: not a regular file or folder")
     bad_lines = 0
     if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
         loaded = datasets.load_from_disk(str(path))
         ds = loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
     else:
-        builder, files = _files_builder(path)
+        builder, files = _files_builder(path, f"data.path={path_value}")
         if all(Path(f).stat().st_size == 0 for f in files):
             raise ConfigError(f"data.path={path_value}: the corpus is empty (no bytes in its files)")
         options: dict[str, Any] = {}
@@ -131,20 +244,23 @@ def load_files(
             if bad_lines:
                 options["encoding_errors"] = "replace"
         try:
-            ds = datasets.load_dataset(
-                builder, data_files=files, split="train", cache_dir=str(cache_dir), **options
-            )
+            with _quiet_json_builder():
+                ds = datasets.load_dataset(
+                    builder, data_files=files, split="train", cache_dir=str(cache_dir), **options
+                )
         # An empty or malformed file surfaces as any of these, depending on the builder.
         except (ValueError, StopIteration, datasets.exceptions.DatasetGenerationError) as err:
+            problem = (
+                first_json_problem(files, path if path.is_dir() else None) if builder == "json" else None
+            )
             raise ConfigError(
-                f"data.path={path_value}: could not be read ({err.__class__.__name__})"
+                f"data.path={path_value}: {problem or f'could not be read ({err.__class__.__name__})'}"
             ) from err
     if bad_lines:
         # Decoded with replacement characters: those lines are exactly the ones holding U+FFFD
         # (a valid line that already held one is dropped too, which is rare and harmless).
-        ds = ds.filter(lambda batch: ["\ufffd" not in t for t in batch[TEXT]], batched=True)
         log.warning("data.path=%s: skipped %d lines that are not UTF-8", path_value, bad_lines)
-    return _select_text(ds, text_column, f"data.path={path_value}")
+    return _select_text(ds, text_column, f"data.path={path_value}", cache_dir, drop_undecodable=bad_lines > 0)
 
 
 def load_hub(
@@ -157,10 +273,20 @@ def load_hub(
         raise ConfigError(
             f"data.name={name}: could not be loaded ({type(err).__name__})" + offline_hint(name)
         ) from err
-    return _select_text(ds, text_column, f"data.name={name}")
+    return _select_text(ds, text_column, f"data.name={name}", cache_dir)
 
 
-def _select_text(ds: datasets.Dataset, column: str, where: str) -> datasets.Dataset:
+def _select_text(
+    ds: datasets.Dataset, column: str, where: str, cache_dir: Path, drop_undecodable: bool = False
+) -> datasets.Dataset:
+    """The text column alone, named ``text``, as a new table under ``cache_dir``.
+
+    Empty documents are dropped, and with ``drop_undecodable`` the lines a lenient decoder
+    filled with U+FFFD. One map writes the result into the cache: a filter would leave the
+    rows in the source files behind an index, and `datasets` writes the caches of every later
+    step (split, tokenize) beside a data set's first file, which for a ``save_to_disk`` folder
+    is the user's own folder.
+    """
     if column not in ds.column_names:
         raise ConfigError(
             f"data.text_column={column}: no such column in {where} (columns: {', '.join(ds.column_names)})"
@@ -168,10 +294,17 @@ def _select_text(ds: datasets.Dataset, column: str, where: str) -> datasets.Data
     feature = ds.features[column]
     if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
         raise ConfigError(f"data.text_column={column}: column in {where} does not hold text ({feature})")
+
+    def keep(batch: dict[str, list[str | None]]) -> dict[str, list[str]]:
+        texts = [t for t in batch[column] if t and t.strip()]
+        if drop_undecodable:
+            texts = [t for t in texts if "\ufffd" not in t]
+        return {TEXT: texts}
+
     ds = ds.select_columns([column])
-    if column != TEXT:
-        ds = ds.rename_column(column, TEXT)
-    return ds.filter(lambda batch: [bool(t and t.strip()) for t in batch[TEXT]], batched=True)
+    out = Path(cache_dir) / "corpus" / f"text-{ds._fingerprint}-{int(drop_undecodable)}.arrow"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return ds.map(keep, batched=True, remove_columns=[column], cache_file_name=str(out), desc="read")
 
 
 def load_corpus(data: Any, cache_dir: Path) -> datasets.Dataset:
@@ -200,6 +333,15 @@ def _where(data: Any) -> str:
     return f"data.source={data.source}"
 
 
+def _is_corpus_file(path: Path) -> bool:
+    """Files that hold the corpus, not caches `datasets` (or another tool) wrote beside it.
+
+    pretrainlab never writes into a data folder, but a user's own `datasets` code may have:
+    its ``cache-*.arrow`` files must not change which of our caches the corpus maps to.
+    """
+    return path.is_file() and not (path.name.startswith("cache-") and path.suffix == ".arrow")
+
+
 def corpus_fingerprint(data: Any) -> str:
     """Identify the corpus contents cheaply, so caches are reused only for the same input."""
     if data.source == "sample_zh":
@@ -210,7 +352,7 @@ def corpus_fingerprint(data: Any) -> str:
         path = Path(data.name).expanduser()
     else:
         return f"hub:{data.name}:{data.subset}:{data.split}"
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = sorted(p for p in path.rglob("*") if _is_corpus_file(p)) if path.is_dir() else [path]
     h = hashlib.sha256()
     for p in files:
         stat = p.stat()

@@ -3,6 +3,11 @@
 corpus -> split -> tokenizer -> tokenized documents -> packed blocks, each stage cached on
 disk under a key made from every setting that shapes it; a second run with the same settings
 loads the blocks and does no tokenization. The objective only plugs in its collator.
+
+Whole-word masking adds one stage beside the tokenized documents: a ``word_start`` flag per
+token from a word segmenter, cached under the segmenter's name and version and packed with
+the ids into blocks of their own. The tokenizer and the ids stay those every other run uses,
+and a run without it never segments.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import datasets
 import pytorch_lightning as pl
@@ -22,7 +28,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from pretrainlab.config import ConfigError
-from pretrainlab.data import packing
+from pretrainlab.data import manifest, packing, words
 from pretrainlab.data.corpus import TEXT, corpus_fingerprint, load_corpus
 from pretrainlab.data.sampling import StreamBatchSampler, StreamDataset
 from pretrainlab.data.tokenizer import build_tokenizer
@@ -32,6 +38,21 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "validation")
 # The tokenizer is cached with a large limit; export sets the model's real one.
 _CACHED_MAX_LENGTH = 1_000_000
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One cache folder: how to write it, and the entries it is built from."""
+
+    folder: Path
+    write: Callable[[Path], None]
+    sources: tuple[_Entry, ...] = ()
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def settings_key(settings: dict[str, Any]) -> str:
@@ -53,19 +74,25 @@ class PretrainDataModule(pl.LightningDataModule):
         objective: str,
         cache_dir: str | Path,
         packed_length: int | None = None,
+        word_segmenter: str | None = None,
     ) -> None:
         """``packed_length`` overrides ``data.block_size`` for raw blocks (T5 packs longer blocks
-        so that its inputs are exactly ``block_size`` after corruption)."""
+        so that its inputs are exactly ``block_size`` after corruption). ``word_segmenter``
+        (whole-word masking only) adds the ``word_start`` column to the blocks."""
         super().__init__()
         self.data = data
         self.tokenizer_cfg = tokenizer
         self.objective = objective
         self.cache_dir = Path(cache_dir).expanduser()
         self.packed_length = packed_length or data.block_size
+        self.word_segmenter = word_segmenter
         self.collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.splits: dict[str, datasets.Dataset] = {}
         self.cache_hit = False
+        # Cache entries checked (or built) in this process -> their manifest digest.
+        self._ready: dict[Path, str | None] = {}
+        self.built: list[Path] = []  # entries this datamodule built or rebuilt
         # The training stream: set by plan_stream() before fit (see data/sampling.py).
         self.stream_seed = 0
         self.total_batches = 0
@@ -107,25 +134,146 @@ class PretrainDataModule(pl.LightningDataModule):
         return self.cache_dir / "tokenized" / settings_key(self.tokenizer_settings())
 
     @property
+    def words_dir(self) -> Path:
+        """The tokenized documents' word starts: beside them, keyed by segmenter and version."""
+        name = self.word_segmenter
+        return self.tokenizer_dir / f"words-{name}-{words.segmenter_version(name)}"
+
+    @property
     def blocks_dir(self) -> Path:
         layout = f"packed-{self.packed_length}" if self.data.packing else f"docs-{self.packed_length}"
+        if self.word_segmenter:
+            layout += "-" + self.words_dir.name
         return self.tokenizer_dir / layout
 
     # -- building -----------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Build whatever is not cached yet: tokenizer, tokenized documents, blocks."""
-        if (self.blocks_dir / "train").exists():
-            return
-        if not (self.tokenizer_dir / "docs").exists():
-            write_dir_atomic(self.tokenizer_dir / "docs", self._write_tokenized)
-        docs = datasets.load_from_disk(str(self.tokenizer_dir / "docs"))
-        write_dir_atomic(self.blocks_dir, lambda tmp: self._write_blocks(docs, tmp))
+        """Build whatever is not cached yet and rebuild whatever is damaged: tokenizer and
+        tokenized documents, word starts (whole-word masking), blocks. Each entry is checked
+        against its manifest once per process (see ``data/manifest.py``)."""
+        self._ensure(self._blocks_entry())
 
-    def _write_tokenized(self, out: Path) -> None:
+    def _docs_entry(self) -> _Entry:
+        return _Entry(self.tokenizer_dir / "docs", self._write_tokenized)
+
+    def _words_entry(self) -> _Entry:
+        return _Entry(
+            self.words_dir,
+            lambda tmp: self._write_words(self._load_docs(), self._load_tokenizer(), tmp),
+            (self._docs_entry(),),
+        )
+
+    def _blocks_entry(self) -> _Entry:
+        sources = (self._docs_entry(), self._words_entry()) if self.word_segmenter else (self._docs_entry(),)
+        return _Entry(self.blocks_dir, lambda tmp: self._write_blocks(self._block_inputs(), tmp), sources)
+
+    def _load_docs(self) -> datasets.DatasetDict:
+        return self._load(
+            self._docs_entry(), lambda: datasets.load_from_disk(str(self.tokenizer_dir / "docs"))
+        )
+
+    def _load_tokenizer(self) -> PreTrainedTokenizerBase:
+        folder = str(self.tokenizer_dir / "docs" / "tokenizer")
+        return self._load(self._docs_entry(), lambda: AutoTokenizer.from_pretrained(folder))
+
+    def _block_inputs(self) -> datasets.DatasetDict:
+        """The tokenized documents, with their word starts when whole-word masking asks for them."""
+        docs = self._load_docs()
+        if not self.word_segmenter:
+            return docs
+
+        def with_words() -> datasets.DatasetDict:
+            return datasets.DatasetDict(
+                {
+                    name: datasets.concatenate_datasets(
+                        [docs[name], datasets.load_from_disk(str(self.words_dir / name))], axis=1
+                    )
+                    for name in SPLITS
+                }
+            )
+
+        return self._load(self._words_entry(), with_words)
+
+    def _hashes(self) -> bool | None:
+        """Hash every file on load when asked to, else when the entry is small (manifest.py)."""
+        return True if getattr(self.data, "verify_cache", False) else None
+
+    def _sources(self, entry: _Entry) -> dict[str, str | None]:
+        return {source.folder.name: self._ready.get(source.folder) for source in entry.sources}
+
+    def _ensure(self, entry: _Entry) -> str | None:
+        """Make ``entry`` present and undamaged, once per process; returns its digest."""
+        if entry.folder in self._ready:
+            return self._ready[entry.folder]
+        for source in entry.sources:
+            self._ensure(source)
+        seen = manifest.identity(entry.folder)
+        problem = None
+        if seen is not None:
+            problem = manifest.check_manifest(entry.folder, self._hashes(), self._sources(entry))
+        if seen is None or problem is not None:
+            self._build(entry, problem, seen)
+        self._ready[entry.folder] = manifest.digest(entry.folder)
+        return self._ready[entry.folder]
+
+    def _load(self, entry: _Entry, load: Callable[[], _T]) -> _T:
+        """``load()`` from a checked entry; when it fails anyway (damage the check on load did
+        not look for, or a concurrent rebuild), the entry is verified with hashes and rebuilt."""
+        self._ensure(entry)
+        seen = manifest.identity(entry.folder)
+        try:
+            return load()
+        except Exception as err:  # datasets, pyarrow, json and tokenizers raise all sorts
+            reason = f"fails to load: {type(err).__name__}: {err}"
+        problem = manifest.check_manifest(entry.folder, True, self._sources(entry)) or reason
+        self._build(entry, problem, seen)
+        return load()
+
+    def _build(self, entry: _Entry, problem: str | None, seen: tuple[int, int] | None) -> None:
+        """Build a missing entry (``problem`` None) or rebuild a damaged one, with one warning.
+
+        Under the entry's lock: a job that waited finds what another one built meanwhile (a
+        folder other than the one it judged, ``seen``), checks it and keeps it if it is sound.
+        A damaged entry is renamed away before the new one is written (``manifest.discard``);
+        the new one is renamed into place complete, its manifest written last inside it.
+        """
+        with manifest.entry_lock(entry.folder):
+            now = manifest.identity(entry.folder)
+            if now != seen:
+                if now is None:
+                    problem = None
+                else:
+                    problem = manifest.check_manifest(entry.folder, self._hashes(), self._sources(entry))
+                    if problem is None:
+                        return
+            if problem is not None:
+                log.warning("cache: %s is damaged (%s); rebuilding", entry.folder, _one_line(problem))
+                manifest.discard(entry.folder)
+
+            def write(tmp: Path) -> None:
+                entry.write(tmp)
+                manifest.write_manifest(tmp, self._sources(entry))  # last: complete with it
+
+            write_dir_atomic(entry.folder, write)
+        self.built.append(entry.folder)
+        before, self._ready[entry.folder] = self._ready.get(entry.folder), manifest.digest(entry.folder)
+        if before is not None and before != self._ready[entry.folder]:
+            # Other content: what was built from it must be checked against it again.
+            keep = self._closure(entry)
+            self._ready = {folder: d for folder, d in self._ready.items() if folder in keep}
+
+    def _closure(self, entry: _Entry) -> set[Path]:
+        """The entry's folder and those of everything it is built from."""
+        return {entry.folder}.union(*(self._closure(source) for source in entry.sources))
+
+    def _split_corpus(self) -> datasets.DatasetDict:
         corpus = load_corpus(self.data, self.cache_dir / "hf")
         if len(corpus) < 2:
             raise ConfigError(f"{self._where()}: needs at least 2 documents to split off validation")
-        split = corpus.train_test_split(test_size=self.data.val_fraction, seed=self.data.split_seed)
+        return corpus.train_test_split(test_size=self.data.val_fraction, seed=self.data.split_seed)
+
+    def _write_tokenized(self, out: Path) -> None:
+        split = self._split_corpus()
         tokenizer = build_tokenizer(
             self.tokenizer_cfg, self.objective, split["train"][TEXT], _CACHED_MAX_LENGTH
         )
@@ -141,6 +289,16 @@ class PretrainDataModule(pl.LightningDataModule):
         for item in (out / "docs").iterdir():
             os.replace(item, out / item.name)
         (out / "docs").rmdir()
+
+    def _write_words(self, docs: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+        """Tokenize the split's text again, now with offsets and segmented, keeping only the
+        word starts; the ids must come out as the cached ones, or the flags would not fit."""
+        split = self._split_corpus()
+        for name, part in (("train", "train"), ("validation", "test")):
+            segmented = packing.tokenize(split[part], tokenizer, word_segmenter=self.word_segmenter)
+            if not packing.same_ids(segmented, docs[name]):
+                raise RuntimeError(f"{self.tokenizer_dir}: cached ids differ from the corpus's; delete it")
+            segmented.select_columns([packing.WORD_START]).save_to_disk(str(out / name))
 
     def _write_blocks(self, docs: datasets.DatasetDict, out: Path) -> None:
         length = self.packed_length
@@ -175,16 +333,27 @@ class PretrainDataModule(pl.LightningDataModule):
 
         Fixed by the split alone, so every objective and seed is evaluated on the same text.
         """
-        docs = datasets.load_from_disk(str(self.tokenizer_dir / "docs"))["validation"]
         eos = self.tokenizer.eos_token_id
-        chosen: list[list[int]] = []
-        for batch in docs.iter(batch_size=1000):
-            for ids in batch[packing.IDS]:
-                ids = ids[:-1] if ids and ids[-1] == eos else ids
-                if len(ids) >= min_tokens:
-                    chosen.append(ids)
-                if len(chosen) == count:
-                    return chosen
+
+        def collect() -> list[list[int]]:
+            docs = datasets.load_from_disk(str(self.tokenizer_dir / "docs"))["validation"]
+            chosen: list[list[int]] = []
+            for batch in docs.iter(batch_size=1000):
+                for ids in batch[packing.IDS]:
+                    ids = ids[:-1] if ids and ids[-1] == eos else ids
+                    if len(ids) >= min_tokens:
+                        chosen.append(ids)
+                    if len(chosen) == count:
+                        return chosen
+            return chosen
+
+        trained_on = self._ready.get(self.tokenizer_dir / "docs")
+        chosen = self._load(self._docs_entry(), collect)
+        if trained_on is not None and self._ready.get(self.tokenizer_dir / "docs") != trained_on:
+            raise RuntimeError(
+                f"cache: {self.tokenizer_dir / 'docs'} was rebuilt during the run with other token ids "
+                "than it trained on; run again"
+            )
         return chosen
 
     # -- Lightning hooks ------------------------------------------------------------------
@@ -192,10 +361,13 @@ class PretrainDataModule(pl.LightningDataModule):
         """Load the cached tokenizer and blocks (memory-mapped)."""
         if self.splits:
             return
-        self.cache_hit = (self.blocks_dir / "train").exists()
         self.prepare_data()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.tokenizer_dir / "docs" / "tokenizer"))
-        self.splits = {name: datasets.load_from_disk(str(self.blocks_dir / name)) for name in SPLITS}
+        self.tokenizer = self._load_tokenizer()
+        blocks = self._blocks_entry()
+        self.splits = self._load(
+            blocks, lambda: {name: datasets.load_from_disk(str(self.blocks_dir / name)) for name in SPLITS}
+        )
+        self.cache_hit = not self.built
         log.info(
             "data: %d train / %d validation examples of %d tokens (%s)",
             len(self.splits["train"]),

@@ -26,8 +26,9 @@ CORPUS_TOKENS = "_corpus_tokens"
 class StreamBatchSampler(Sampler[list[tuple[int, int]]]):
     """Yields batches of ``(index, batch number)`` from ``start_batch`` to ``total_batches``.
 
-    The whole run is one pass over this sampler (one Lightning "epoch"), so resuming never
-    depends on how Lightning restarts an epoch: it only needs the batch to start from.
+    The whole run is one pass over this sampler (one Lightning "epoch"); a resumed run starts
+    the pass at ``start_batch`` and Lightning, which restored how many batches were done,
+    counts on from there.
     """
 
     def __init__(
@@ -52,7 +53,10 @@ class StreamBatchSampler(Sampler[list[tuple[int, int]]]):
         self.per_epoch = num_examples // self.global_batch  # the last partial batch is dropped
 
     def __len__(self) -> int:
-        return max(self.total_batches - self.start_batch, 0)
+        """The whole run's batches, also when resumed: Lightning restores how many batches of
+        the epoch were done and ends the epoch when that count reaches this length, so a length
+        of only the remaining batches would end a resumed epoch early and start it over."""
+        return self.total_batches
 
     def order(self, epoch: int) -> torch.Tensor:
         """The visiting order of epoch ``epoch``: the same in every process and every resume."""

@@ -31,8 +31,11 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-from transformers.generation.configuration_utils import GenerationMode
 from transformers.modeling_outputs import BaseModelOutput
+
+# One definition for both decoders (``generate``'s path here and the GLM loop), kept in the GLM's
+# standalone Hub module because that file may import nothing of pretrainlab.
+from pretrainlab.models.glm_hub.modeling_glm import degeneration_penalty, is_contrastive
 
 __all__ = [
     "contrastive_generate",
@@ -41,16 +44,6 @@ __all__ = [
     "is_contrastive",
     "validate_strict",
 ]
-
-
-def is_contrastive(generation_config: GenerationConfig) -> bool:
-    """Whether ``generation_config`` asks for contrastive search.
-
-    Exactly when transformers itself would route to its (remote) contrastive-search repo:
-    ``penalty_alpha > 0`` and ``top_k > 1`` with ``do_sample`` off, one beam and no constraints.
-    Sampling or beam settings win over ``penalty_alpha``, as they always did in transformers.
-    """
-    return generation_config.get_generation_mode() == GenerationMode.CONTRASTIVE_SEARCH
 
 
 def validate_strict(generation_config: GenerationConfig) -> None:
@@ -203,23 +196,6 @@ def _contrastive_search(
         unfinished &= ~torch.isin(next_tokens, eos_ids)
         unfinished &= ~stopping_criteria(seq, scores)
     return seq
-
-
-def degeneration_penalty(
-    candidates: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Contrastive search's penalty: each candidate's highest cosine similarity to the context.
-
-    Shared by the ``generate`` path here and the GLM decoder (models/glm.py), so that both score
-    candidates identically. ``candidates`` (B, k, H) and ``context`` (B, T, H) are last-layer
-    states; positions where ``context_mask`` (B, T) is 0 (padding) never count. Returns (B, k).
-    """
-    h_v = F.normalize(candidates.float(), dim=-1)  # (B, k, H)
-    h_ctx = F.normalize(context.float(), dim=-1)  # (B, T, H)
-    cosine = h_v @ h_ctx.transpose(1, 2)  # (B, k, T)
-    if context_mask is not None:
-        cosine = cosine.masked_fill(context_mask[:, None, :] == 0, -1.0)
-    return cosine.max(dim=-1).values  # (B, k)
 
 
 class _Encoder(NamedTuple):

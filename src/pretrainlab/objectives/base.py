@@ -139,6 +139,11 @@ class PretrainingObjective(pl.LightningModule):
         return int((batch["labels"] != IGNORE).sum())
 
     # -- inference (generative objectives) ------------------------------------------------
+    def continuation_problem(self) -> str | None:
+        """Why continuing text would go through a layout training never showed the model
+        (then bits per character and generation metrics are not reported); None if trained."""
+        return None
+
     def continue_ids(
         self, prefix: list[int], config: GenerationConfig, num_return_sequences: int = 1
     ) -> list[list[int]]:

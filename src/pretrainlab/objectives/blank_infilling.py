@@ -15,21 +15,45 @@ Sequence layout produced here (one row of the batch)::
 Labels are *aligned* (not shifted): ``labels[i]`` is the token to predict at
 position ``i``. Spans appear in part B in a random order, as in GLM.
 
-Span placement (blank mode): span lengths are drawn from Poisson(lambda), zeros
-clamped to 1, until the covered count reaches ``mask_probability * L``. The
-span that crosses the target is kept with probability
-``(target - covered_before) / span_length``, which makes the expected covered
-count equal to the target instead of systematically overshooting it (at least
-one span is always kept). The unmasked tokens are then distributed randomly
-into the gaps between spans (GLM's ``sample_spans``), so spans never overlap,
-never touch (>= 1 unmasked token between two spans) and at least one token of
-the sequence stays unmasked.
+Blank mode follows GLM's reference code (THUDM/GLM ``blocklm_utils.py``,
+``ConstructBlockStrategy``):
 
-gmask mode: one span at the end, replaced by ``[gMASK]`` (a prefix LM). Its
-length is ``max(1, round(L * u))`` with ``u ~ Uniform(0.5 p, 1.5 p)`` (clipped
-to [0, 1]), then capped at ``L - 1`` so the prefix keeps at least one token
-whenever ``L >= 2``. The expected covered share is therefore ~``p`` (as in
-blank mode) while the split point varies widely between examples.
+1. Span lengths are drawn from Poisson(lambda), zeros clamped to 1, until the
+   covered count reaches ``mask_probability * L`` (L = the whole block, eos
+   included). The span that crosses the target is kept with probability
+   ``(target - covered_before) / span_length``, which makes the expected
+   covered count equal to the target instead of systematically overshooting
+   it (at least one span is always drawn).
+2. The lengths are shuffled (GLM's ``rng.shuffle(masked_lengths)``). Without
+   this the crossing span, which is size-biased, would always land rightmost.
+3. The block is split at eos into documents (the runs of tokens between two
+   eos; an eos is a boundary and is never masked) and each span, in turn, goes
+   to one document that still has room for it, drawn with probability
+   proportional to the document's length, so every document expects
+   ``mask_probability`` of its tokens and the block's share still holds. A
+   document has room while its spans, one separator between neighbours and at
+   least one unmasked token fit in it; a span that fits nowhere is cut to the
+   largest room left (dropped if there is none). GLM also corrupts per
+   document (``sample_span_in_document``) but fills the shorter documents
+   greedily to ``int(n * ratio)`` tokens and gives the longest the remainder;
+   the proportional draw avoids that skew. ``spans_cross_documents=True``
+   treats the whole block as one document (spans may then hold an eos).
+4. Inside a document the unmasked tokens are distributed randomly into the
+   gaps between its spans (GLM's ``sample_spans``), so spans never overlap,
+   never touch (>= 1 unmasked token between two spans) and every document
+   keeps at least one unmasked token.
+
+gmask mode: one span at the end of the block, replaced by ``[gMASK]`` (a
+prefix LM). As in GLM's gpt branch (``gpt_min_ratio``), its length is uniform
+over ``int(gmask_min_ratio * L) .. L - 1`` whatever ``mask_probability`` is:
+the prefix keeps one token (GLM's bound ``L - 2`` counts the [CLS] it
+prepends), and every block position up to L gets trained, which generation
+reads. The generated span is the end of the block even when that crosses
+documents, as GLM's gpt branch does for a sample holding several documents
+(it then generates past the eos): stopping at the last document boundary
+would shrink the span to the last document's tail (on the built-in corpus
+three 128-token blocks in four hold an eos, and only half of the gMASK rows
+would then reach block position 48, the default ``max_new_tokens``).
 """
 
 from __future__ import annotations
@@ -152,11 +176,10 @@ def _to_list(ids: Any) -> list[int]:
 def sample_span_lengths(
     length: int, mask_probability: float, lam: float, generator: torch.Generator | None = None
 ) -> list[int]:
-    """Draw Poisson span lengths covering ~``mask_probability * length`` tokens.
+    """Draw Poisson span lengths covering ~``mask_probability * length`` tokens, in draw order.
 
-    The crossing span is kept with probability ``remaining / span`` so the
-    covered count is unbiased; lengths are capped so the spans, one separator
-    between consecutive spans and at least one unmasked token all fit.
+    The crossing span is kept with probability ``remaining / span`` so the covered count is
+    unbiased; :func:`allocate_spans` then fits them into the documents of the block.
     """
     if length < 2:
         return []
@@ -174,21 +197,61 @@ def sample_span_lengths(
             break
         lengths.append(span)
         covered += span
-    return _fit_spans(lengths, length)
+    return lengths
 
 
-def _fit_spans(lengths: list[int], length: int) -> list[int]:
-    """Truncate/drop trailing spans until spans + separators + 1 unmasked token fit."""
-    fitted: list[int] = []
-    used = 0
+def document_segments(ids: Sequence[int], eos_id: int | None) -> list[tuple[int, int]]:
+    """(start, length) of each run of non-eos tokens: the documents spans must stay inside.
+
+    Runs, not eos-terminated pieces, so a block that starts or ends inside a document, or
+    holds two eos in a row, gives no empty or eos-containing segment.
+    """
+    if eos_id is None:
+        return [(0, len(ids))] if ids else []
+    segments: list[tuple[int, int]] = []
+    start = 0
+    for i, tok in enumerate([*ids, eos_id]):
+        if tok == eos_id:
+            if i > start:
+                segments.append((start, i - start))
+            start = i + 1
+    return segments
+
+
+def allocate_spans(
+    lengths: Sequence[int], segments: Sequence[tuple[int, int]], generator: torch.Generator | None = None
+) -> tuple[list[int], list[int]]:
+    """Give each span a document and a place in it; return (starts, lengths) in text order.
+
+    Each span, in the given order, goes to a segment where it fits, drawn in proportion to
+    the segment's length so every document expects the same masked share; a span that fits
+    nowhere is cut to the largest room left. A segment with ``k`` spans of ``used`` tokens
+    keeps ``max(1, k - 1)`` unmasked (separators, and one token of context), which is what
+    :func:`place_spans` needs.
+    """
+    per_segment: list[list[int]] = [[] for _ in segments]
+    used = [0] * len(segments)
+    sizes = torch.tensor([float(n) for _, n in segments])
     for span in lengths:
-        k = len(fitted) + 1
-        room = length - used - max(1, k - 1)  # tokens left for this span
-        if room <= 0:
-            break
-        fitted.append(min(span, room))
-        used += fitted[-1]
-    return fitted
+        rooms = [n - used[d] - max(1, len(per_segment[d])) for d, (_, n) in enumerate(segments)]
+        fits = [d for d, room in enumerate(rooms) if room >= span]
+        if len(fits) > 1:
+            d = fits[int(torch.multinomial(sizes[fits], 1, generator=generator))]
+        elif fits:
+            d = fits[0]
+        else:
+            d = max(range(len(rooms)), key=rooms.__getitem__, default=-1)
+            if d < 0 or rooms[d] < 1:
+                continue
+            span = rooms[d]
+        per_segment[d].append(span)
+        used[d] += span
+    placed: list[tuple[int, int]] = []
+    for (offset, n), spans in zip(segments, per_segment, strict=True):
+        starts = place_spans(spans, n, generator)
+        placed += [(offset + start, span) for start, span in zip(starts, spans, strict=True)]
+    placed.sort()
+    return [start for start, _ in placed], [span for _, span in placed]
 
 
 def place_spans(lengths: Sequence[int], length: int, generator: torch.Generator | None = None) -> list[int]:
@@ -213,13 +276,17 @@ def place_spans(lengths: Sequence[int], length: int, generator: torch.Generator 
     return starts
 
 
-def gmask_span_length(length: int, mask_probability: float, generator: torch.Generator | None = None) -> int:
-    """Length of the single end span in gmask mode (see module docstring)."""
-    if length == 0:
+def gmask_span_length(length: int, min_ratio: float, generator: torch.Generator | None = None) -> int:
+    """Length of the single end span in gmask mode: uniform over ``int(min_ratio * L) .. L - 1``.
+
+    GLM's gpt branch (``gpt_min_ratio``): long generated parts train every block position that
+    generation reads, and the prefix keeps one token. No span below two tokens.
+    """
+    if length < 2:
         return 0
-    u = torch.empty(()).uniform_(0.5 * mask_probability, 1.5 * mask_probability, generator=generator)
-    span = max(1, round(length * min(1.0, float(u))))
-    return min(span, max(1, length - 1))
+    hi = length - 1
+    lo = min(hi, max(1, int(min_ratio * length)))
+    return int(torch.randint(lo, hi + 1, (), generator=generator))
 
 
 @dataclass
@@ -228,8 +295,10 @@ class BlankInfillingCollator:
 
     ``mode`` is "blank" (Poisson spans -> [MASK]), "gmask" (one end span ->
     [gMASK], a prefix LM) or "mixed" (gmask with ``gmask_probability``).
-    ``generator`` defaults to the global torch RNG so ``seed_everything``
-    governs the corruption.
+    ``gmask_min_ratio`` is the shortest generated share of a gmask block (GLM's
+    ``gpt_min_ratio``); ``spans_cross_documents`` lets blank spans hold an eos
+    (GLM keeps them inside one document). ``generator`` defaults to the global
+    torch RNG so ``seed_everything`` governs the corruption.
     """
 
     tokenizer: Any
@@ -237,6 +306,8 @@ class BlankInfillingCollator:
     span_poisson_lambda: float = 3.0
     mode: str = "blank"
     gmask_probability: float = 0.5
+    gmask_min_ratio: float = 0.5
+    spans_cross_documents: bool = False
     pad_to_multiple_of: int | None = None
     generator: torch.Generator | None = None
 
@@ -249,6 +320,9 @@ class BlankInfillingCollator:
         if self.tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad_token_id; GLM batches need one for padding")
         self.pad_id = int(self.tokenizer.pad_token_id)
+        # The separator packing puts after every document; None = no documents to respect.
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        self.eos_id = None if eos is None else int(eos)
 
     def _validate(self) -> None:
         """Reject settings that would silently produce degenerate batches."""
@@ -260,6 +334,10 @@ class BlankInfillingCollator:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not 0.0 <= self.gmask_probability <= 1.0:
             raise ValueError(f"gmask_probability must be in [0, 1], got {self.gmask_probability}")
+        if not 0.0 <= self.gmask_min_ratio <= 1.0:
+            raise ValueError(f"gmask_min_ratio must be in [0, 1], got {self.gmask_min_ratio}")
+        if not isinstance(self.spans_cross_documents, bool):
+            raise ValueError(f"spans_cross_documents must be a bool, got {self.spans_cross_documents!r}")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
 
@@ -281,16 +359,21 @@ class BlankInfillingCollator:
         return torch.rand((), generator=self.generator).item() < self.gmask_probability
 
     def _corrupt_blank(self, ids: list[int]) -> GLMSample:
-        """Blank mode: several Poisson spans, each replaced by one [MASK]."""
+        """Blank mode: shuffled Poisson spans inside documents, each replaced by one [MASK]."""
         lengths = sample_span_lengths(
             len(ids), self.mask_probability, self.span_poisson_lambda, self.generator
         )
-        starts = place_spans(lengths, len(ids), self.generator)
+        shuffled = [lengths[i] for i in torch.randperm(len(lengths), generator=self.generator).tolist()]
+        if self.spans_cross_documents:
+            segments = [(0, len(ids))] if ids else []
+        else:
+            segments = document_segments(ids, self.eos_id)
+        starts, lengths = allocate_spans(shuffled, segments, self.generator)
         return self._build(ids, starts, lengths, self.mask_id, is_gmask=False)
 
     def _corrupt_gmask(self, ids: list[int]) -> GLMSample:
         """gmask mode: one span at the end, replaced by [gMASK]."""
-        span = gmask_span_length(len(ids), self.mask_probability, self.generator)
+        span = gmask_span_length(len(ids), self.gmask_min_ratio, self.generator)
         starts = [len(ids) - span] if span else []
         return self._build(ids, starts, [span] if span else [], self.gmask_id, is_gmask=True)
 

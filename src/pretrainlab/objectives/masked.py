@@ -1,8 +1,8 @@
 """BERT-style masked language modelling.
 
-The masking itself is transformers' ``DataCollatorForLanguageModeling`` (80/10/10 split,
-special tokens never chosen); this module adds whole-word masking on packed blocks, which
-that collator only supports through a tokenizer's offset mapping, and a sparse prediction
+The token masking is transformers' ``DataCollatorForLanguageModeling`` (80/10/10 split,
+special tokens never chosen); this module adds whole-word masking on packed blocks (Chinese
+words from a segmenter, ``##`` pieces elsewhere), done the same way, and a sparse prediction
 head for training: the vocabulary projection runs only at the ~15% of positions that carry a
 label (as cramming and MosaicBERT do), with the same loss as the dense head.
 """
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 from transformers.modeling_outputs import MaskedLMOutput
 
+from pretrainlab.data.packing import WORD_START
 from pretrainlab.objectives.base import IGNORE, Batch, Collator, PretrainingObjective
 
 CONTINUATION = "##"
@@ -24,11 +25,16 @@ CONTINUATION = "##"
 
 @dataclass
 class MaskedLMCollator:
-    """``DataCollatorForLanguageModeling`` fed what packed blocks lack.
+    """``DataCollatorForLanguageModeling`` fed what packed blocks lack, plus whole-word masking.
 
-    It precomputes the special-token table once (instead of per row), and for whole-word
-    masking builds synthetic offsets from the WordPiece ``##`` marks: a ``##`` piece touches
-    the previous token, every other token starts a new word.
+    It precomputes the special-token table once (instead of per row). Whole-word masking is
+    done here, not by transformers: its version needs offsets, forces 100% [MASK], and splits a
+    word at any special token (an [UNK] for a rare character inside a Chinese word is common).
+    Words come from the examples' ``word_start`` flags (segmented Chinese words and ``##``
+    pieces: see ``pretrainlab.data.words``) or, for examples without them, from the ``##``
+    marks alone. Each word is chosen with probability ``mask_probability``, so that share of the
+    maskable tokens is chosen in expectation (Chinese-BERT-wwm's 15% of tokens); the chosen
+    tokens are then split 80/10/10 token by token, exactly as transformers does.
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -45,14 +51,8 @@ class MaskedLMCollator:
             mlm_probability=self.mask_probability,
             mask_replace_prob=self.mask_replace_prob,
             random_replace_prob=self.random_replace_prob,
-            whole_word_mask=self.whole_word_mask,
             seed=self.seed,
         )
-        # With whole-word masking transformers resets the split to 100% [MASK] (its __post_init__
-        # warns that random replacement is "not supported"), yet its masking code applies the
-        # split to whole-word selections all the same. Restore the configured 80/10/10.
-        self.inner.mask_replace_prob = float(self.mask_replace_prob)
-        self.inner.random_replace_prob = float(self.random_replace_prob)
         vocab = len(self.tokenizer)
         self.special = torch.zeros(vocab, dtype=torch.bool)
         self.special[self.tokenizer.all_special_ids] = True
@@ -62,18 +62,49 @@ class MaskedLMCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> Batch:
         batch = self.tokenizer.pad([{"input_ids": e["input_ids"]} for e in examples], return_tensors="pt")
         ids = batch["input_ids"].clone()  # (B, T)
-        offsets = None
-        if self.whole_word_mask:
-            # Each token spans one character; a ## piece starts where the previous token ended,
-            # any other token one character later, which is how the inner collator finds words.
-            starts = torch.cumsum(2 - self.continues[ids].long(), dim=1)  # (B, T)
-            offsets = torch.stack([starts, starts + 1], dim=-1)  # (B, T, 2)
         if self.seed is not None and self.inner.generator is None:
             self.inner.create_rng("pt")
-        inputs, labels = self.inner.torch_mask_tokens(
-            ids, special_tokens_mask=self.special[ids], offset_mapping=offsets
-        )
+        if self.whole_word_mask:
+            starts = self.word_starts(examples, ids, batch["attention_mask"])
+            inputs, labels = self.mask_words(ids, starts)
+        else:
+            inputs, labels = self.inner.torch_mask_tokens(ids, special_tokens_mask=self.special[ids])
         return {"input_ids": inputs, "attention_mask": batch["attention_mask"], "labels": labels}
+
+    def word_starts(
+        self, examples: list[dict[str, Any]], ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, T) bool, True where a token starts a word: the examples' ``word_start`` column
+        placed under the padding (either side), or else "not a ``##`` piece"."""
+        if WORD_START not in examples[0]:
+            return ~self.continues[ids]
+        flags = [torch.as_tensor(e[WORD_START], dtype=torch.bool) for e in examples]
+        real = attention_mask.bool()
+        if [len(f) for f in flags] != real.sum(1).tolist():
+            raise ValueError(f"every example needs one {WORD_START} flag per input id")
+        starts = torch.ones_like(real)
+        starts[real] = torch.cat(flags)
+        return starts
+
+    def mask_words(self, ids: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Choose whole words with probability ``mask_probability`` (special tokens inside a word
+        stay as they are, the rest of the word is chosen), then replace 80/10/10."""
+        g = self.inner.generator
+        words = torch.cumsum(starts.long(), dim=1)  # (B, T): the word number within its row
+        draws = torch.full((ids.shape[0], ids.shape[1] + 1), self.mask_probability)
+        chosen = torch.bernoulli(draws, generator=g).bool().gather(1, words) & ~self.special[ids]
+        labels = torch.where(chosen, ids, IGNORE)
+        inputs = ids.clone()
+        replaced = torch.bernoulli(torch.full(ids.shape, self.mask_replace_prob), generator=g).bool() & chosen
+        inputs[replaced] = self.tokenizer.mask_token_id
+        if self.mask_replace_prob < 1 and self.random_replace_prob > 0:
+            share = self.random_replace_prob / (1 - self.mask_replace_prob)  # of those not [MASK]ed
+            randomised = (
+                torch.bernoulli(torch.full(ids.shape, share), generator=g).bool() & chosen & ~replaced
+            )
+            random_ids = torch.randint(len(self.tokenizer), ids.shape, generator=g)
+            inputs[randomised] = random_ids[randomised]
+        return inputs, labels
 
 
 class MaskedLM(PretrainingObjective):

@@ -57,6 +57,17 @@ class PrefixLM(PretrainingObjective):
             return model.train()
         return super().build_backbone(size, tokenizer, block_size)
 
+    def continuation_problem(self) -> str | None:
+        """Continuation and generation go through [gMASK] (GLM's prefix LM): a token that
+        ``mode=blank``, or ``mode=mixed`` with ``gmask_probability=0``, never trains."""
+        s = self.settings
+        if s["mode"] == "blank" or (s["mode"] == "mixed" and s["gmask_probability"] == 0):
+            return (
+                "the prefix objective continues text through [gMASK], which "
+                f"objective.mode={s['mode']} with gmask_probability={s['gmask_probability']} never trains"
+            )
+        return None
+
     @torch.no_grad()
     def continue_ids(
         self, prefix: list[int], config: GenerationConfig, num_return_sequences: int = 1
@@ -101,5 +112,8 @@ class PrefixLM(PretrainingObjective):
             span_poisson_lambda=s["span_poisson_lambda"],
             mode=s["mode"],
             gmask_probability=s["gmask_probability"],
+            # .get: a run saved before these keys existed gets GLM's defaults.
+            gmask_min_ratio=s.get("gmask_min_ratio", 0.5),
+            spans_cross_documents=s.get("spans_cross_documents", False),
             pad_to_multiple_of=8,
         )

@@ -25,6 +25,26 @@ from pretrainlab.objectives.span_corruption import (
 )
 
 
+def stop_ids(eos_token_id: int | list[int] | None, sentinel: int) -> list[int]:
+    """``eos_token_id`` (an id, a list or None) as a list with ``sentinel`` added.
+
+    Why: ``generate`` (greedy, sampling, beam search, our contrastive search) ends a sequence at
+    any id of an ``eos_token_id`` list, and beam search finalises a hypothesis at any of them, so
+    this is how a continuation stops at the sentinel that closes its span.
+    """
+    if eos_token_id is None:
+        ids = []
+    else:
+        ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    return ids if sentinel in ids else [*ids, sentinel]
+
+
+# The layout of a config without objective.noise_layout: one saved before the option existed
+# (pretrainlab-reproduce reruns it without the schema), when every mask was drawn uniformly.
+# New configs get the schema's default, "reference".
+LEGACY_NOISE_LAYOUT = "uniform"
+
+
 class Seq2SeqLM(PretrainingObjective):
     """T5 encoder-decoder trained to write the dropped spans after their sentinels."""
 
@@ -33,20 +53,28 @@ class Seq2SeqLM(PretrainingObjective):
 
     @classmethod
     def packed_length(cls, block_size: int, settings: Any) -> int:
+        """Raw tokens per block that corrupt to exactly ``block_size`` encoder tokens.
+
+        Why the layout matters: it sets how many spans fit between the non-noise tokens (the two
+        layouts agree below ``mask_probability`` 0.5).
+        """
         tokens_length, _ = compute_input_and_target_lengths(
             block_size,
             settings.mask_probability,
             settings.mean_noise_span_length,
             max_noise_spans=NUM_SENTINELS,
+            noise_layout=getattr(settings, "noise_layout", LEGACY_NOISE_LAYOUT),
         )
         return tokens_length
 
     def build_collator(self) -> Collator:
+        """T5 span corruption with the run's noise density, span length and noise layout."""
         return SpanCorruptionCollator(
             self.tokenizer,
             noise_density=self.settings["mask_probability"],
             mean_noise_span_length=self.settings["mean_noise_span_length"],
             num_sentinels=NUM_SENTINELS,
+            noise_layout=self.settings.get("noise_layout", LEGACY_NOISE_LAYOUT),
         )
 
     @torch.no_grad()
@@ -55,7 +83,10 @@ class Seq2SeqLM(PretrainingObjective):
     ) -> list[list[int]]:
         """T5's way to continue text: the span behind one sentinel placed after the prefix.
 
-        The decoder is started with that sentinel, so every new token belongs to the span.
+        The decoder is started with that sentinel, so every new token belongs to the span. The
+        span ends where the model writes ``<extra_id_1>`` (or eos), so decoding stops there too:
+        going on to ``max_new_tokens`` would only write spans that are thrown away, cost beam
+        search several times the time, and let beam search rank hypotheses on that text.
         """
         tok = self.tokenizer
         sentinels = sentinel_ids(tok, NUM_SENTINELS)
@@ -63,6 +94,7 @@ class Seq2SeqLM(PretrainingObjective):
         start = torch.tensor([[self.model.config.decoder_start_token_id, sentinels[0]]], device=self.device)
         config = copy.deepcopy(config)
         config.num_return_sequences = num_return_sequences
+        config.eos_token_id = stop_ids(config.eos_token_id, sentinels[1])
         out = generate_with(self.model, ids, torch.ones_like(ids), config, decoder_input_ids=start)
         return [split_target_by_sentinel(row, sentinels, tok.eos_token_id).get(0, []) for row in out.tolist()]
 

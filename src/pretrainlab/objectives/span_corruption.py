@@ -12,29 +12,40 @@ by the span's tokens, then ``eos``::
     input   : a b <extra_id_0> e f g <extra_id_1> </s>
     target  : <extra_id_0> c d <extra_id_1> h </s>
 
-Differences from the reference implementations (T5's ``random_spans_noise_mask``
-and HF's ``run_t5_mlm_flax.py``), all deliberate:
+Two noise layouts (``noise_layout``, config key ``objective.noise_layout``):
 
-* **Spans can start anywhere.** The reference always interleaves
-  ``[non-noise, noise] * num_noise_spans``, so position 0 is never noise and
-  the last position is always noise -- for short (unpacked) sequences the end
-  of every document is corrupted and its start never is. Here the mask is drawn
-  *uniformly among all masks with exactly the requested number of noise tokens
-  and noise spans*: whether the sequence starts and/or ends with noise is
-  itself random (so there are ``num_noise_spans - 1``, ``num_noise_spans`` or
-  ``num_noise_spans + 1`` non-noise spans), with each case weighted by how many
-  masks it contains. See :func:`random_spans_noise_mask`.
+* ``"reference"`` (default): T5's ``random_spans_noise_mask`` (also HF's
+  ``run_t5_mlm_flax.py``), so published T5 numbers compare like with like. It
+  interleaves ``[non-noise, noise] * num_noise_spans``: the first token is never
+  noise and the last one always is, so every input ends ``<extra_id_k> </s>``
+  and every target starts ``<extra_id_0>``. For short (unpacked) documents that
+  means the end of every document is corrupted and its start never is.
+* ``"uniform"``: spans can start anywhere. The mask is drawn *uniformly among
+  all masks with exactly the requested number of noise tokens and noise spans*:
+  whether the sequence starts and/or ends with noise is itself random (so there
+  are ``num_noise_spans - 1``, ``num_noise_spans`` or ``num_noise_spans + 1``
+  non-noise spans), each case weighted by how many masks it contains.
+
+See :func:`random_spans_noise_mask`. Other differences from the reference
+implementations, all deliberate:
+
 * **Sentinels are looked up by name** (``<extra_id_i>``), never assumed to sit at
   the end of the vocabulary, and the number of spans per sequence is capped at
   the number of sentinels (the reference silently runs into ordinary tokens).
 * **Inputs and targets are built directly** from the span indices, so the
   ``i``-th sentinel of the input and of the target always denote the same span
   (the reference derives the target by corrupting the *inverted* mask, which
-  only lines up because its masks always start with non-noise).
+  only lines up because its masks always start with non-noise). Under the
+  reference layout both give the same sequences.
+* **Span counts are clamped** so that the spans always fit between the
+  non-noise tokens (at most ``num_nonnoise`` spans for the reference layout,
+  ``num_nonnoise + 1`` for uniform). This binds only for ``noise_density >=
+  0.5``; the reference has no such clamp and its segmentation fails there.
 * :func:`compute_input_and_target_lengths` uses exactly the same (clamped) noise
   counts as the mask, so a packed block of ``tokens_length`` raw tokens always
   corrupts to *exactly* ``inputs_length`` input tokens (for
-  ``noise_density <= 0.5``; see that function for the rare exception).
+  ``noise_density < 0.5``, under both layouts; see that function for the
+  exceptions).
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ import torch
 
 __all__ = [
     "LABEL_PAD_ID",
+    "NOISE_LAYOUTS",
     "SpanCorruptionCollator",
     "compute_input_and_target_lengths",
     "fill_sentinels",
@@ -63,6 +75,9 @@ __all__ = [
 LABEL_PAD_ID = -100
 
 SENTINEL_TEMPLATE = "<extra_id_{}>"
+
+#: ``noise_layout`` values: T5's ``[non-noise, noise] * spans`` first (the default).
+NOISE_LAYOUTS = ("reference", "uniform")
 
 TokenIds = Sequence[int] | torch.Tensor
 
@@ -91,6 +106,11 @@ def _validate_settings(noise_density: float, mean_noise_span_length: float) -> N
         )
 
 
+def _validate_layout(noise_layout: str) -> None:
+    if noise_layout not in NOISE_LAYOUTS:
+        raise ValueError(f"noise_layout={noise_layout!r}: must be one of {', '.join(NOISE_LAYOUTS)}")
+
+
 def _validate_max_noise_spans(max_noise_spans: int | None) -> None:
     if max_noise_spans is not None and max_noise_spans < 1:
         raise ValueError(f"max_noise_spans must be >= 1, got {max_noise_spans!r}")
@@ -102,6 +122,7 @@ def noise_span_counts(
     mean_noise_span_length: float,
     *,
     max_noise_spans: int | None = None,
+    noise_layout: str = "reference",
 ) -> tuple[int, int]:
     """Return ``(num_noise_tokens, num_noise_spans)`` for a sequence of ``length``.
 
@@ -116,16 +137,20 @@ def noise_span_counts(
       ``[1, length - 1]`` so that there is always noise and non-noise;
     * ``num_noise_spans = round(num_noise_tokens / mean_noise_span_length)``
       clamped to ``>= 1``;
-    * additionally clamped to ``<= num_nonnoise_tokens + 1`` (more noise spans
-      cannot be separated by the available non-noise tokens; this only binds
-      when ``noise_density > 0.5``) and to ``<= max_noise_spans`` (the number of
-      sentinels; the noise tokens are then spread over fewer, longer spans).
+    * additionally clamped so that the non-noise tokens can separate the spans:
+      ``<= num_nonnoise_tokens`` for the ``"reference"`` layout (one non-noise
+      run before each span), ``<= num_nonnoise_tokens + 1`` for ``"uniform"``
+      (both ends may be noise). This binds only when ``noise_density >= 0.5``
+      (T5 has no such clamp: its segmentation fails there);
+    * and to ``<= max_noise_spans`` (the number of sentinels; the noise tokens
+      are then spread over fewer, longer spans).
 
     Sequences shorter than 2 tokens cannot hold both noise and non-noise and get
     ``(0, 0)``: they are left uncorrupted.
     """
     _validate_settings(noise_density, mean_noise_span_length)
     _validate_max_noise_spans(max_noise_spans)
+    _validate_layout(noise_layout)
     if length < 0:
         raise ValueError(f"length must be >= 0, got {length!r}")
     if length < 2:
@@ -133,7 +158,7 @@ def noise_span_counts(
     num_noise_tokens = min(max(round(length * noise_density), 1), length - 1)
     num_nonnoise_tokens = length - num_noise_tokens
     num_noise_spans = max(round(num_noise_tokens / mean_noise_span_length), 1)
-    num_noise_spans = min(num_noise_spans, num_nonnoise_tokens + 1)
+    num_noise_spans = min(num_noise_spans, num_nonnoise_tokens + (noise_layout == "uniform"))
     if max_noise_spans is not None:
         num_noise_spans = min(num_noise_spans, max_noise_spans)
     return num_noise_tokens, num_noise_spans
@@ -144,6 +169,7 @@ def _corrupted_lengths(
     noise_density: float,
     mean_noise_span_length: float,
     max_noise_spans: int | None,
+    noise_layout: str,
 ) -> tuple[int, int]:
     """(input length, target length) after corrupting ``tokens_length`` tokens."""
     num_noise, num_spans = noise_span_counts(
@@ -151,6 +177,7 @@ def _corrupted_lengths(
         noise_density,
         mean_noise_span_length,
         max_noise_spans=max_noise_spans,
+        noise_layout=noise_layout,
     )
     # inputs: non-noise tokens + one sentinel per span + eos
     # targets: noise tokens + one sentinel per span + eos
@@ -163,6 +190,7 @@ def compute_input_and_target_lengths(
     mean_noise_span_length: float,
     *,
     max_noise_spans: int | None = None,
+    noise_layout: str = "reference",
 ) -> tuple[int, int]:
     """Return ``(tokens_length, targets_length)`` for a desired encoder length.
 
@@ -174,15 +202,19 @@ def compute_input_and_target_lengths(
     whose corrupted input (``eos`` included) fits in ``inputs_length``.
     ``targets_length`` is the (fixed) decoder length of such a block.
 
-    Guarantees: the corrupted input length grows by 0 or 1 per extra raw token
-    whenever ``noise_density <= 0.5``, so the returned ``tokens_length``
-    corrupts to **exactly** ``inputs_length`` tokens. For ``noise_density > 0.5``
-    the "at most ``num_nonnoise + 1`` spans" clamp can make it jump by 2; when
-    no raw length hits ``inputs_length`` exactly, the largest one that stays
-    below is returned (as in T5) and the collator pads by one token.
+    Guarantees: for ``noise_density < 0.5`` the span clamp of
+    :func:`noise_span_counts` never binds, both layouts give the same lengths,
+    and the corrupted input length grows by 0 or 1 per extra raw token, so the
+    returned ``tokens_length`` corrupts to **exactly** ``inputs_length`` tokens
+    (with ``"uniform"`` also at ``noise_density == 0.5``). Above that the clamp
+    (at most ``num_nonnoise`` spans for ``"reference"``, ``num_nonnoise + 1``
+    for ``"uniform"``) can make it jump by 2; when no raw length hits
+    ``inputs_length`` exactly, the largest one that stays below is returned (as
+    in T5) and the collator pads by one token.
 
     Pass ``max_noise_spans`` (the collator's ``num_sentinels``) if the span cap
-    can bind (``SpanCorruptionCollator.input_and_target_lengths`` does that).
+    can bind, and the collator's ``noise_layout``
+    (``SpanCorruptionCollator.input_and_target_lengths`` does both).
 
     Deliberately *not* reproduced: T5's "``noise_density == 0.5``" hack that
     shortens the block by one token to make targets no longer than inputs; it
@@ -190,11 +222,12 @@ def compute_input_and_target_lengths(
     """
     _validate_settings(noise_density, mean_noise_span_length)
     _validate_max_noise_spans(max_noise_spans)
+    _validate_layout(noise_layout)
     if inputs_length < 1:
         raise ValueError(f"inputs_length must be >= 1, got {inputs_length!r}")
 
     def input_len(n: int) -> int:
-        return _corrupted_lengths(n, noise_density, mean_noise_span_length, max_noise_spans)[0]
+        return _corrupted_lengths(n, noise_density, mean_noise_span_length, max_noise_spans, noise_layout)[0]
 
     # input_len(inputs_length - 1) <= inputs_length always (spans <= noise
     # tokens since mean_noise_span_length >= 1), and input_len is non-decreasing.
@@ -202,7 +235,7 @@ def compute_input_and_target_lengths(
     while input_len(tokens_length + 1) <= inputs_length:
         tokens_length += 1
     targets_length = _corrupted_lengths(
-        tokens_length, noise_density, mean_noise_span_length, max_noise_spans
+        tokens_length, noise_density, mean_noise_span_length, max_noise_spans, noise_layout
     )[1]
     return tokens_length, targets_length
 
@@ -219,7 +252,9 @@ def _random_segmentation(
 
     Choosing ``num_segments - 1`` distinct cut points among the ``num_items - 1``
     gaps is a bijection with the compositions of ``num_items``, so every
-    composition is equally likely (same scheme as T5's ``_random_segmentation``).
+    composition is equally likely (the same distribution as T5's
+    ``_random_segmentation``, which shuffles ``num_segments - 1`` "segment
+    starts" among the same ``num_items - 1`` gaps).
     """
     if num_segments == 0:
         return torch.zeros(0, dtype=torch.long)
@@ -241,15 +276,24 @@ def random_spans_noise_mask(
     generator: torch.Generator | None = None,
     *,
     max_noise_spans: int | None = None,
+    noise_layout: str = "reference",
 ) -> torch.Tensor:
     """Sample a boolean noise mask (``True`` = noise) of shape ``(length,)``.
 
-    Why this is not a copy of T5's sampler: the reference always lays out
-    ``[non-noise, noise, non-noise, noise, ..., noise]``, so the first token is
-    never corrupted and the last one always is -- a strong positional bias for
-    short, unpacked documents. Here the mask is drawn **uniformly among all
-    masks with exactly** ``num_noise_tokens`` noise tokens forming exactly
-    ``num_noise_spans`` runs (counts from :func:`noise_span_counts`):
+    Exactly ``num_noise_tokens`` noise tokens form exactly ``num_noise_spans``
+    runs (counts from :func:`noise_span_counts`, for both layouts).
+
+    ``noise_layout="reference"`` is T5's sampler (``random_spans_noise_mask`` in
+    ``t5/data/preprocessors.py``, copied by HF's ``run_t5_mlm_flax.py``), so
+    that results compare with published T5 numbers: noise and non-noise tokens
+    are each split into ``num_noise_spans`` positive runs uniformly at random
+    and laid out ``[non-noise, noise, non-noise, noise, ..., noise]``. The first
+    token is never corrupted and the last one always is, and all such masks are
+    equally likely.
+
+    ``noise_layout="uniform"`` removes that positional bias (strong for short,
+    unpacked documents): the mask is drawn **uniformly among all masks** with
+    those counts:
 
     1. pick whether the sequence starts with noise and whether it ends with
        noise. That fixes the number of non-noise runs ``k`` (``spans - 1`` if it
@@ -275,24 +319,16 @@ def random_spans_noise_mask(
         noise_density,
         mean_noise_span_length,
         max_noise_spans=max_noise_spans,
+        noise_layout=noise_layout,
     )
     if num_noise == 0:
         return torch.zeros(length, dtype=torch.bool)
     num_nonnoise = length - num_noise
 
-    # Relative weights C(N-1, k-1) / C(N-1, s-1) of the four layouts
-    # (starts_with_noise, ends_with_noise), with N non-noise tokens, s spans.
-    if num_spans == num_nonnoise + 1:
-        # only noise-at-both-ends fits (s - 1 = N separating runs of 1 token)
-        weights = [1.0, 0.0, 0.0, 0.0]
-    else:  # 1 <= s <= N, so C(N-1, s-1) > 0
-        both = (num_spans - 1) / (num_nonnoise - num_spans + 1)  # k = s - 1
-        neither = (num_nonnoise - num_spans) / num_spans  # k = s + 1
-        weights = [both, 1.0, 1.0, neither]  # (T,T), (T,F), (F,T), (F,F)
-    layouts = [(True, True), (True, False), (False, True), (False, False)]
-    choice = torch.multinomial(torch.tensor(weights, dtype=torch.float64), 1, generator=generator)
-    starts_noise, ends_noise = layouts[int(choice)]
-
+    if noise_layout == "reference":
+        starts_noise, ends_noise = False, True
+    else:
+        starts_noise, ends_noise = _draw_uniform_ends(num_nonnoise, num_spans, generator)
     num_nonnoise_runs = num_spans - 1 + (not starts_noise) + (not ends_noise)
     noise_runs = _random_segmentation(num_noise, num_spans, generator)
     nonnoise_runs = _random_segmentation(num_nonnoise, num_nonnoise_runs, generator)
@@ -311,6 +347,24 @@ def random_spans_noise_mask(
     run_starts = torch.zeros(length, dtype=torch.long)
     run_starts[torch.cumsum(run_lengths, 0)[:-1]] = 1
     return run_is_noise[torch.cumsum(run_starts, 0)]
+
+
+def _draw_uniform_ends(
+    num_nonnoise: int, num_spans: int, generator: torch.Generator | None
+) -> tuple[bool, bool]:
+    """(starts with noise, ends with noise) of a mask drawn uniformly (step 1 above)."""
+    # Relative weights C(N-1, k-1) / C(N-1, s-1) of the four layouts
+    # (starts_with_noise, ends_with_noise), with N non-noise tokens, s spans.
+    if num_spans == num_nonnoise + 1:
+        # only noise-at-both-ends fits (s - 1 = N separating runs of 1 token)
+        weights = [1.0, 0.0, 0.0, 0.0]
+    else:  # 1 <= s <= N, so C(N-1, s-1) > 0
+        both = (num_spans - 1) / (num_nonnoise - num_spans + 1)  # k = s - 1
+        neither = (num_nonnoise - num_spans) / num_spans  # k = s + 1
+        weights = [both, 1.0, 1.0, neither]  # (T,T), (T,F), (F,T), (F,F)
+    layouts = [(True, True), (True, False), (False, True), (False, False)]
+    choice = torch.multinomial(torch.tensor(weights, dtype=torch.float64), 1, generator=generator)
+    return layouts[int(choice)]
 
 
 # --------------------------------------------------------------------------- #
@@ -420,6 +474,10 @@ class SpanCorruptionCollator:
     longer spans (so ``mean_noise_span_length`` is exceeded for such very long
     sequences; 100 sentinels suffice up to ~2000 raw tokens at 0.15 / 3.0).
 
+    ``noise_layout`` is ``"reference"`` (T5's masks: every input ends
+    ``<extra_id_k> </s>``) or ``"uniform"`` (spans may start anywhere); see
+    :func:`random_spans_noise_mask`.
+
     ``generator`` (optional) makes masks reproducible independently of the
     global torch RNG; by default the global RNG is used.
     """
@@ -429,12 +487,14 @@ class SpanCorruptionCollator:
     mean_noise_span_length: float = 3.0
     num_sentinels: int = 100
     generator: torch.Generator | None = None
+    noise_layout: str = "reference"
     _sentinels: torch.Tensor = field(init=False, repr=False)
     _pad_id: int = field(init=False, repr=False)
     _eos_id: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         _validate_settings(self.noise_density, self.mean_noise_span_length)
+        _validate_layout(self.noise_layout)
         if self.num_sentinels < 1:
             raise ValueError(f"num_sentinels must be >= 1, got {self.num_sentinels!r}")
         pad_id = self.tokenizer.pad_token_id
@@ -455,14 +515,16 @@ class SpanCorruptionCollator:
     def input_and_target_lengths(self, inputs_length: int) -> tuple[int, int]:
         """``compute_input_and_target_lengths`` with this collator's settings.
 
-        Why: it also applies the ``num_sentinels`` span cap, so the packing
-        length is consistent with what :meth:`__call__` produces.
+        Why: it also applies the ``num_sentinels`` span cap and the layout's
+        span clamp, so the packing length is consistent with what
+        :meth:`__call__` produces.
         """
         return compute_input_and_target_lengths(
             inputs_length,
             self.noise_density,
             self.mean_noise_span_length,
             max_noise_spans=self.num_sentinels,
+            noise_layout=self.noise_layout,
         )
 
     def corrupt(self, input_ids: TokenIds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -477,6 +539,7 @@ class SpanCorruptionCollator:
             self.mean_noise_span_length,
             self.generator,
             max_noise_spans=self.num_sentinels,
+            noise_layout=self.noise_layout,
         )
         return _corrupt(tokens, mask, self._sentinels, self._eos_id)
 

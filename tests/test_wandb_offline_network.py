@@ -1,0 +1,199 @@
+"""An offline W&B run attempts no network operation at all, in any of its processes.
+
+wandb 0.31 builds its OpenTelemetry analytics from the *global* settings, not the run's: with
+``wandb.init(mode="offline")`` (what ``logger=wandb`` does) a thread of the training process still
+looks up ``api.forge.coreweave.com`` at exit, to probe the telemetry endpoint. The lookup fails
+without a network, silently, so a network namespace (tests/test_network.py) cannot see it; it
+runs at interpreter exit, after a test's socket hooks are gone, and such hooks never see W&B's
+Go service anyway. Here the whole process tree runs under ``strace -f``, which records every
+*attempted* connect and send, failed ones included.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from pretrainlab.network import quiet_wandb
+
+
+def _strace_works() -> bool:
+    if shutil.which("strace") is None:
+        return False
+    probe = ["strace", "-f", "-qq", "-e", "trace=connect", "-o", os.devnull, "true"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+needs_strace = pytest.mark.skipif(
+    not _strace_works(), reason="needs a working `strace -f` (apt-get install strace; ptrace allowed)"
+)
+
+# The syscalls that start talking to another host: a name lookup is a connect (glibc and Go both
+# connect their UDP socket to the resolver) or a sendto/sendmsg/sendmmsg with an address.
+TRACED = "trace=connect,sendto,sendmsg,sendmmsg"
+INET = re.compile(
+    r"sa_family=AF_INET6?, sin6?_port=htons\((?P<port>\d+)\), .*?"
+    r"(?:inet_addr\(\"(?P<v4>[^\"]+)\"\)|inet_pton\(AF_INET6, \"(?P<v6>[^\"]+)\")"
+)
+# systemd-resolved's own socket: asking it is a name lookup too. (Not nscd's: glibc asks it for
+# user names as well, and here it finds none; a host running nscd would hide lookups from this.)
+RESOLVER_SOCKETS = ("systemd/resolve/",)
+
+
+def network_attempts(trace: str) -> list[str]:
+    """The traced syscalls that try to reach beyond this machine, or to resolve a name.
+
+    Loopback and unix sockets are W&B's own service talking to the training process; anything on
+    port 53 is DNS whatever the resolver's address (127.0.0.53 on systemd machines), and so is
+    a connect to systemd-resolved.
+    """
+    attempts = []
+    for line in trace.splitlines():
+        if any(path in line for path in RESOLVER_SOCKETS):
+            attempts.append(line)
+            continue
+        for match in INET.finditer(line):
+            host = match["v4"] or match["v6"]
+            if match["port"] == "53" or not ipaddress.ip_address(host).is_loopback:
+                attempts.append(line)
+                break
+    return attempts
+
+
+def test_the_recorder_sees_failed_lookups_and_connects():
+    """What a refused run leaves in a trace: the recorder must count it, success or not."""
+    trace = "\n".join(
+        [
+            '7 connect(6, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("10.255.255.53")}, '
+            "16) = -1 ENETUNREACH (Network is unreachable)",
+            '7 connect(6, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("127.0.0.53")}, 16) = 0',
+            "8 connect(9, {sa_family=AF_INET6, sin6_port=htons(443), sin6_flowinfo=htonl(0), inet_pton("
+            'AF_INET6, "2606:4700::1", &sin6_addr), sin6_scope_id=0}, 28) = -1 EINPROGRESS',
+            '9 connect(6, {sa_family=AF_UNIX, sun_path="/run/systemd/resolve/io.systemd.Resolve"}, 42) = 0',
+            # W&B's own service: a unix socket and loopback TCP are fine.
+            '9 connect(7, {sa_family=AF_UNIX, sun_path="/tmp/wandb-1-2-3/socket"}, 43) = 0',
+            '9 connect(7, {sa_family=AF_INET, sin_port=htons(40123), sin_addr=inet_addr("127.0.0.1")}, '
+            "16) = 0",
+            "9 connect(7, {sa_family=AF_INET6, sin6_port=htons(40123), sin6_flowinfo=htonl(0), "
+            'inet_pton(AF_INET6, "::1", &sin6_addr), sin6_scope_id=0}, 28) = 0',
+        ]
+    )
+    assert len(network_attempts(trace)) == 4
+
+
+CHILD = """
+import sys
+import wandb
+from omegaconf import OmegaConf
+from pretrainlab.train import build_loggers
+
+(logger,) = build_loggers(OmegaConf.load(sys.argv[1]))
+for step, loss in enumerate([3.0, 2.5, 2.0]):
+    logger.log_metrics({"train/loss": loss}, step=step)
+logger.experiment.summary["val/loss"] = 1.75
+wandb.finish()
+"""
+
+
+def _wandb_records(run: Path) -> list:
+    """The protobuf ``Record``s of an offline ``run-*.wandb`` file (a LevelDB-style log: a 7-byte
+    header, then 32 KiB blocks of chunks, each with crc32 (4), length (2, LE) and type (1)).
+
+    Same layout as tests/test_sweep_resume_reproduce.py reads; wandb 0.31 ships no reader.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    (log,) = run.glob("offline-run-*/run-*.wandb")
+    data = log.read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # the tail of a block too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def _key(item) -> str:
+    """A history or summary item's name: wandb-core writes it as ``nested_key`` parts."""
+    return item.key or "/".join(item.nested_key)
+
+
+@pytest.mark.slow  # a child process that imports torch and Lightning
+@needs_strace
+def test_an_offline_wandb_logger_attempts_no_network(compose_cfg, tmp_path):
+    """pretrainlab's own W&B logger, offline as configured by default, logs a few metrics in a
+    child process traced with ``strace -f``: no attempted connect or DNS send, and the offline
+    run still holds every history row and the summary (what ``wandb sync`` uploads later)."""
+    cfg = compose_cfg("logger=wandb")
+    assert cfg.logger.wandb.mode == "offline"  # the default under test
+    config = tmp_path / "config.yaml"
+    config.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    script, trace = tmp_path / "child.py", tmp_path / "strace.txt"
+    script.write_text(CHILD)
+
+    # Only the configured mode may make the run offline: WANDB_MODE=offline (which tests/conftest
+    # sets for command runs) puts W&B's global settings offline too, and hides the lookup.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["PYTHONWARNINGS"] = "ignore"
+    strace = ["strace", "-f", "-qq", "-e", TRACED, "-e", "signal=none", "-o", str(trace)]
+    command = [*strace, sys.executable, str(script), str(config)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    assert network_attempts(trace.read_text()) == []
+    records = _wandb_records(Path(cfg.logger.wandb.save_dir) / "wandb")
+    losses = [
+        float(item.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+        for item in r.history.item
+        if _key(item) == "train/loss"
+    ]
+    assert losses == [3.0, 2.5, 2.0]
+    summary = {
+        _key(item): item.value_json
+        for r in records
+        if r.WhichOneof("record_type") == "summary"
+        for item in r.summary.update
+    }
+    assert float(summary["val/loss"]) == 1.75
+
+
+@pytest.fixture
+def clean_wandb_env(monkeypatch):
+    """No W&B variable from the test's own environment; what a test sets is undone after it."""
+    for name in [n for n in os.environ if n.startswith("WANDB_")]:
+        monkeypatch.delenv(name)
+    yield
+    os.environ.pop("WANDB_ERROR_REPORTING", None)  # before monkeypatch puts the originals back
+
+
+@pytest.mark.parametrize("mode", ["offline", "disabled"])
+def test_an_offline_or_disabled_run_turns_wandb_telemetry_off(mode, clean_wandb_env):
+    quiet_wandb(mode)
+    assert os.environ["WANDB_ERROR_REPORTING"] == "false"
+
+
+def test_an_online_run_and_a_users_choice_are_left_alone(clean_wandb_env, monkeypatch):
+    quiet_wandb("online")
+    assert "WANDB_ERROR_REPORTING" not in os.environ  # online: W&B as its users know it
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "true")
+    quiet_wandb("offline")
+    assert os.environ["WANDB_ERROR_REPORTING"] == "true"  # said explicitly: the user's call

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from pretrainlab.network import quiet_wandb
 
@@ -89,16 +88,20 @@ def test_the_recorder_sees_failed_lookups_and_connects():
     assert len(network_attempts(trace)) == 4
 
 
+# What pretrainlab's logger does before W&B starts (build_loggers -> start_wandb -> quiet_wandb,
+# checked without a child below), then an offline run as the logger starts it. The child imports
+# neither torch nor Lightning: under strace -f that import alone took ~40 s.
 CHILD = """
 import sys
 import wandb
-from omegaconf import OmegaConf
-from pretrainlab.train import build_loggers
+from pretrainlab.network import quiet_wandb
 
-(logger,) = build_loggers(OmegaConf.load(sys.argv[1]))
+mode, save_dir = sys.argv[1], sys.argv[2]
+quiet_wandb(mode)
+run = wandb.init(mode=mode, dir=save_dir, project="pretrainlab")
 for step, loss in enumerate([3.0, 2.5, 2.0]):
-    logger.log_metrics({"train/loss": loss}, step=step)
-logger.experiment.summary["val/loss"] = 1.75
+    run.log({"train/loss": loss}, step=step)
+run.summary["val/loss"] = 1.75
 wandb.finish()
 """
 
@@ -135,7 +138,7 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-@pytest.mark.slow  # a child process that imports torch and Lightning
+@pytest.mark.slow  # a traced child process
 @needs_strace
 def test_an_offline_wandb_logger_attempts_no_network(compose_cfg, tmp_path):
     """pretrainlab's own W&B logger, offline as configured by default, logs a few metrics in a
@@ -143,8 +146,8 @@ def test_an_offline_wandb_logger_attempts_no_network(compose_cfg, tmp_path):
     run still holds every history row and the summary (what ``wandb sync`` uploads later)."""
     cfg = compose_cfg("logger=wandb")
     assert cfg.logger.wandb.mode == "offline"  # the default under test
-    config = tmp_path / "config.yaml"
-    config.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    save_dir = Path(cfg.logger.wandb.save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
     script, trace = tmp_path / "child.py", tmp_path / "strace.txt"
     script.write_text(CHILD)
 
@@ -153,12 +156,12 @@ def test_an_offline_wandb_logger_attempts_no_network(compose_cfg, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["PYTHONWARNINGS"] = "ignore"
     strace = ["strace", "-f", "-qq", "-e", TRACED, "-e", "signal=none", "-o", str(trace)]
-    command = [*strace, sys.executable, str(script), str(config)]
+    command = [*strace, sys.executable, str(script), cfg.logger.wandb.mode, str(save_dir)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
 
     assert network_attempts(trace.read_text()) == []
-    records = _wandb_records(Path(cfg.logger.wandb.save_dir) / "wandb")
+    records = _wandb_records(save_dir / "wandb")
     losses = [
         float(item.value_json)
         for r in records
@@ -197,3 +200,19 @@ def test_an_online_run_and_a_users_choice_are_left_alone(clean_wandb_env, monkey
     monkeypatch.setenv("WANDB_ERROR_REPORTING", "true")
     quiet_wandb("offline")
     assert os.environ["WANDB_ERROR_REPORTING"] == "true"  # said explicitly: the user's call
+
+
+def test_pretrainlab_s_wandb_logger_turns_telemetry_off_before_wandb_starts(
+    compose_cfg, clean_wandb_env, monkeypatch
+):
+    """The traced test above runs what this checks pretrainlab's logger does first."""
+    from pretrainlab import network
+    from pretrainlab.train import build_loggers
+
+    seen: list[str | None] = []
+    real = network.quiet_wandb
+    monkeypatch.setattr(network, "quiet_wandb", lambda mode: (seen.append(mode), real(mode)))
+    cfg = compose_cfg("logger=wandb")
+    build_loggers(cfg)
+    assert seen == ["offline"]
+    assert os.environ["WANDB_ERROR_REPORTING"] == "false"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +59,15 @@ class StopAtStep(pl.Callback):
         if self.batches == self.batch_in_step:
             raise Stopped(f"stopped after step {self.step} + {self.batch_in_step} batches")
         self.batches += 1
+
+
+class SignalAtStep(pl.Callback):
+    """Send this process ``signum`` after ``step`` optimizer steps (as a user's Ctrl-C would)."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step = step
+        self.signum = signum
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)

@@ -147,6 +147,28 @@ def test_a_resumed_run_continues_its_wandb_run(compose_cfg, run_training, tmp_pa
     assert all(r.name.endswith(f"-{run_id}") for r in runs)
 
 
+def test_ctrl_c_saves_the_step_it_is_at_and_stops(compose_cfg, run_training, tmp_path: Path) -> None:
+    """The first Ctrl-C lets the step finish, saves it and stops (exit status 130 from the
+    command); the handler is gone afterwards, so a later Ctrl-C is Python's own again."""
+    from pretrainlab.callbacks import Interrupted
+
+    run = tmp_path / "run"
+    before = signal.getsignal(signal.SIGINT)
+    cfg = compose_cfg(
+        *COMMON,
+        "+callbacks.ctrl_c._target_=batch_probe.SignalAtStep",
+        "+callbacks.ctrl_c.step=3",
+        f"+callbacks.ctrl_c.signum={int(signal.SIGINT)}",
+        output_dir=run,
+    )
+    with pytest.raises(Interrupted, match=r"^SIGINT received: stopped after step 3, state saved to") as err:
+        run_training(cfg)
+    assert err.value.exit_status == 130
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 3
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 @pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_a_resume_finishes_the_run(tiny_corpus, cache_dir, tmp_path):
     """Clusters send SIGTERM before they kill or requeue a job: the run saves the step it is at

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerFast
 import pretrainlab.data.packing as packing
 import pretrainlab.data.tokenizer as tokenizer_module
 from pretrainlab.config import ConfigError, validate
-from pretrainlab.data.tokenizer import _CJK
+from pretrainlab.data.tokenizer import CJK
 from pretrainlab.objectives.masked import MaskedLM, MaskedLMCollator
 from pretrainlab.train import build_datamodule, build_objective
 
@@ -25,7 +25,7 @@ ComposeCfg = Callable[..., DictConfig]
 IGNORE = -100
 WORD_START = "word_start"
 SEGMENTER_MODULES = ("rjieba", "jieba")
-CJK = re.compile(_CJK)
+CJK = re.compile(CJK)
 BLOCK = 64
 
 rjieba = pytest.importorskip("rjieba")  # in the `dev` extra

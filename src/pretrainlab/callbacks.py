@@ -108,7 +108,9 @@ class LastCheckpoint(Checkpoint):
         trainer.save_checkpoint(self.path)
 
     # -- signals --------------------------------------------------------------------------
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Not at fit start: Lightning records the signal handlers after that and puts them back
+        # when fit ends, which would leave ours installed.
         self._signal = None
         try:
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)

@@ -452,9 +452,11 @@ def _warn_untrained_block_positions(cfg: DictConfig) -> None:
     """The GLM decoder gives its n-th generated token block position n + 1; training reaches
     block positions up to the longest [gMASK] span + 1, at most ``data.block_size``. Rows past
     that were never trained: the generation still runs, but say so before training."""
+    from pretrainlab.objectives.blank_infilling import trains_gmask
+
     obj = cfg.objective
-    if obj.name != "prefix" or obj.get("mode") == "blank":
-        return
+    if obj.name != "prefix" or not trains_gmask(obj.mode, obj.gmask_probability):
+        return  # no [gMASK] trained: continuation is not evaluated at all (PrefixLM.continuation_problem)
     longest = cfg.data.block_size  # a [gMASK] span has at most block_size - 1 tokens, + [sop]
     reads = (cfg.decoding.get("max_new_tokens") or 0) + 1
     if reads > longest:

@@ -76,8 +76,8 @@ def _files_builder(path: Path, where: str) -> tuple[str, list[str]]:
             "not a regular file": [],
         }
         for p in sorted(path.rglob("*")):
-            if p.is_dir() or (p.name.startswith("cache-") and p.suffix == ".arrow"):
-                continue  # a cache `datasets` wrote is no corpus file (see _is_corpus_file)
+            if p.is_dir() or _is_datasets_cache(p):
+                continue
             name = p.relative_to(path).as_posix()
             if p.is_symlink() and not p.exists():
                 skipped["broken symlink"].append(name)
@@ -333,13 +333,18 @@ def _where(data: Any) -> str:
     return f"data.source={data.source}"
 
 
-def _is_corpus_file(path: Path) -> bool:
-    """Files that hold the corpus, not caches `datasets` (or another tool) wrote beside it.
+def _is_datasets_cache(path: Path) -> bool:
+    """A ``cache-*.arrow`` file that `datasets` wrote beside a data set's files: not corpus.
 
-    pretrainlab never writes into a data folder, but a user's own `datasets` code may have:
-    its ``cache-*.arrow`` files must not change which of our caches the corpus maps to.
+    pretrainlab never writes into a data folder, but a user's own `datasets` code may have; such
+    a file is neither read nor listed as skipped, and does not change the corpus fingerprint.
     """
-    return path.is_file() and not (path.name.startswith("cache-") and path.suffix == ".arrow")
+    return path.name.startswith("cache-") and path.suffix == ".arrow"
+
+
+def _is_corpus_file(path: Path) -> bool:
+    """Files that hold the corpus, not caches written beside it."""
+    return path.is_file() and not _is_datasets_cache(path)
 
 
 def corpus_fingerprint(data: Any) -> str:

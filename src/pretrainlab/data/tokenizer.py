@@ -37,8 +37,8 @@ REQUIRED_TOKENS: dict[str, tuple[str, ...]] = {
 }
 
 # CJK ideographs, compatibility ideographs and CJK punctuation / full-width forms: one token each.
-_CJK = r"[\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]"
-_CONTINUATION = "##"
+CJK = r"[\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]"
+CONTINUATION = "##"
 _SPACE = "▁"  # how Metaspace marks a space inside a token
 
 
@@ -50,14 +50,14 @@ def _pipeline(model: models.Model) -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Metaspace(replacement=_SPACE, prepend_scheme="never", split=True),
-            pre_tokenizers.Split(Regex(_CJK), behavior="isolated"),
+            pre_tokenizers.Split(Regex(CJK), behavior="isolated"),
             pre_tokenizers.Punctuation(behavior="isolated"),
             pre_tokenizers.Digits(individual_digits=False),
         ]
     )
     tok.decoder = decoders.Sequence(
         [
-            decoders.Replace(_CONTINUATION, ""),
+            decoders.Replace(CONTINUATION, ""),
             decoders.Fuse(),
             decoders.Metaspace(replacement=_SPACE, prepend_scheme="never"),
         ]
@@ -85,14 +85,14 @@ def train_tokenizer(
     texts: Iterable[str], vocab_size: int, min_frequency: int, model_max_length: int
 ) -> PreTrainedTokenizerFast:
     """Train on the train split only, so validation text never shapes the vocabulary."""
-    tok = _pipeline(models.WordPiece(unk_token=UNK, continuing_subword_prefix=_CONTINUATION))
+    tok = _pipeline(models.WordPiece(unk_token=UNK, continuing_subword_prefix=CONTINUATION))
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
         special_tokens=SPECIAL_TOKENS,
         # The default (1000) turns most of a Chinese corpus's ~4.7k characters into [UNK].
         limit_alphabet=100_000,
-        continuing_subword_prefix=_CONTINUATION,
+        continuing_subword_prefix=CONTINUATION,
         show_progress=False,
     )
     tok.train_from_iterator(_batches(texts), trainer=trainer)
@@ -117,7 +117,7 @@ def _with_ascii_pieces(tok: Tokenizer) -> Tokenizer:
     state = json.loads(tok.to_str())
     vocab: dict[str, int] = state["model"]["vocab"]
     for char in [_SPACE, *(chr(c) for c in range(33, 127))]:
-        for piece in (char, _CONTINUATION + char):
+        for piece in (char, CONTINUATION + char):
             vocab.setdefault(piece, len(vocab))
     return Tokenizer.from_str(json.dumps(state))
 

@@ -20,14 +20,13 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from pretrainlab.data.tokenizer import _CJK
+from pretrainlab.data.tokenizer import CJK, CONTINUATION
 
 # Segmenter name -> the module to import (also its PyPI name). Both give the same words with
 # their bundled dictionaries; rjieba (Rust) segments the built-in corpus ~7x faster than jieba.
 SEGMENTERS = {"rjieba": "rjieba", "jieba": "jieba"}
 DEFAULT_SEGMENTER = "rjieba"
-CONTINUATION = "##"
-_CJK_CHAR = re.compile(_CJK)
+_CJK_CHAR = re.compile(CJK)
 
 
 def segmenter_for(objective: Any) -> str | None:

@@ -73,6 +73,11 @@ EOP_TOKEN = "[eop]"
 MODES = ("blank", "gmask", "mixed")
 
 
+def trains_gmask(mode: str, gmask_probability: float) -> bool:
+    """Whether corruption ever makes a [gMASK] example: the layout GLM continues text through."""
+    return mode == "gmask" or (mode == "mixed" and gmask_probability > 0)
+
+
 @dataclass
 class GLMSample:
     """One corrupted example with the bookkeeping needed to inspect or undo it.
@@ -364,10 +369,8 @@ class BlankInfillingCollator:
             len(ids), self.mask_probability, self.span_poisson_lambda, self.generator
         )
         shuffled = [lengths[i] for i in torch.randperm(len(lengths), generator=self.generator).tolist()]
-        if self.spans_cross_documents:
-            segments = [(0, len(ids))] if ids else []
-        else:
-            segments = document_segments(ids, self.eos_id)
+        # With spans_cross_documents the whole block is one segment (no eos to split at).
+        segments = document_segments(ids, None if self.spans_cross_documents else self.eos_id)
         starts, lengths = allocate_spans(shuffled, segments, self.generator)
         return self._build(ids, starts, lengths, self.mask_id, is_gmask=False)
 

@@ -18,9 +18,8 @@ from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, 
 from transformers.modeling_outputs import MaskedLMOutput
 
 from pretrainlab.data.packing import WORD_START
+from pretrainlab.data.words import continuation_table
 from pretrainlab.objectives.base import IGNORE, Batch, Collator, PretrainingObjective
-
-CONTINUATION = "##"
 
 
 @dataclass
@@ -56,8 +55,7 @@ class MaskedLMCollator:
         vocab = len(self.tokenizer)
         self.special = torch.zeros(vocab, dtype=torch.bool)
         self.special[self.tokenizer.all_special_ids] = True
-        tokens = self.tokenizer.convert_ids_to_tokens(list(range(vocab)))
-        self.continues = torch.tensor([t.startswith(CONTINUATION) for t in tokens], dtype=torch.bool)
+        self.continues = torch.from_numpy(continuation_table(self.tokenizer))  # (V,) ## pieces
 
     def __call__(self, examples: list[dict[str, Any]]) -> Batch:
         batch = self.tokenizer.pad([{"input_ids": e["input_ids"]} for e in examples], return_tensors="pt")

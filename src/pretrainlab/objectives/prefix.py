@@ -27,6 +27,7 @@ from pretrainlab.objectives.blank_infilling import (
     BlankInfillingCollator,
     GLMSample,
     reconstruct_from_parts,
+    trains_gmask,
 )
 
 
@@ -61,7 +62,7 @@ class PrefixLM(PretrainingObjective):
         """Continuation and generation go through [gMASK] (GLM's prefix LM): a token that
         ``mode=blank``, or ``mode=mixed`` with ``gmask_probability=0``, never trains."""
         s = self.settings
-        if s["mode"] == "blank" or (s["mode"] == "mixed" and s["gmask_probability"] == 0):
+        if not trains_gmask(s["mode"], s["gmask_probability"]):
             return (
                 "the prefix objective continues text through [gMASK], which "
                 f"objective.mode={s['mode']} with gmask_probability={s['gmask_probability']} never trains"

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from pretrainlab.config import ConfigError
+from pretrainlab.evaluation.features import final_states
+from pretrainlab.evaluation.items import item_id
 from pretrainlab.evaluation.probe import (
-    _final_states,
     evaluate_probe,
     features,
     load_labelled_files,
@@ -131,7 +132,7 @@ def test_the_first_state_sees_later_tokens_except_in_a_causal_stack(trained_run,
     tok = module.tokenizer
     ids = torch.tensor(tok(["人民日报", "人民银行"], add_special_tokens=False)["input_ids"])  # (2, 4)
     with torch.no_grad():
-        states = _final_states(module, ids, torch.ones_like(ids))  # (2, 4, H)
+        states = final_states(module.model, module.name, ids, torch.ones_like(ids))  # (2, 4, H)
     first_equal = torch.allclose(states[0, 0], states[1, 0], atol=1e-6)  # "人" in both texts
     assert first_equal != bidirectional
     if not bidirectional:  # "人民" is all a causal stack has seen at positions 0 and 1
@@ -141,5 +142,24 @@ def test_the_first_state_sees_later_tokens_except_in_a_causal_stack(trained_run,
 def test_evaluate_probe_on_a_trained_run(trained_run):
     module = load_run(trained_run("causal")).module
     data = load_sentiment(n_per_class=40, seed=0, test_per_class=20)
-    metrics = evaluate_probe(module, data=data, batch_size=16, max_length=32)
+    metrics, items = evaluate_probe(module, data=data, batch_size=16, max_length=32)
     assert set(metrics) == {"probe/accuracy"} and 0.0 <= metrics["probe/accuracy"] <= 1.0
+
+
+def test_probe_item_scores_are_per_test_text_and_average_to_the_accuracy(trained_run):
+    """One 1.0/0.0 per test text, keyed by its content, whose mean is probe/accuracy; that value
+    is still scikit-learn's own score of the fitted classifier (unchanged by the item scores)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    module = load_run(trained_run("masked")).module
+    train_x, train_y, test_x, test_y = load_sentiment(n_per_class=40, seed=0, test_per_class=20)
+    metrics, [items] = evaluate_probe(module, data=(train_x, train_y, test_x, test_y), max_length=32)
+    assert items.metric == "probe/accuracy"
+    assert items.ids == [item_id(text, label) for text, label in zip(test_x, test_y, strict=True)]
+    assert set(items.scores) <= {0.0, 1.0} and len(items.scores) == 40
+    assert items.value() == metrics["probe/accuracy"]
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=0))
+    classifier.fit(features(module, train_x, max_length=32), train_y)
+    assert metrics["probe/accuracy"] == classifier.score(features(module, test_x, max_length=32), test_y)

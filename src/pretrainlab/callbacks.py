@@ -231,7 +231,11 @@ class TokenThroughput(pl.Callback):
         self._pause()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.training:
+        # A validation inside fit: the clock runs again. (`trainer.training` is still False
+        # here, Lightning restores it after this hook; testing it stopped the clock for good
+        # at the first validation, and the rate counted every token over the first interval's
+        # time only: 5x too high at 5 validations.)
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._since = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -141,6 +141,22 @@ class OptimizerConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Downstream fine-tuning, one recipe for every objective (evaluation/finetune.py)."""
+
+    # Off in a plain run (it costs more than its training at the defaults); on in the studies.
+    enabled: bool = False
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    steps: int = 100
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    dropout: float = 0.1
+    max_length: int = 64
+
+
+@dataclass
 class EvaluationConfig:
     """End-of-run evaluation on held-out validation documents (the same for every objective)."""
 
@@ -158,6 +174,7 @@ class EvaluationConfig:
     probe: bool = True
     probe_per_class: int = 1000
     probe_test_per_class: int = 500
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass
@@ -211,6 +228,36 @@ def _check_fraction(value: float | None, key: str) -> None:
         raise ConfigError(f"{key}={value}: must be a number strictly between 0 and 1")
 
 
+def _check_baseline(cfg: DictConfig) -> None:
+    """``baseline=true`` evaluates the untrained backbone: nothing to resume, nothing to train."""
+    baseline = cfg.get("baseline", False)
+    if not isinstance(baseline, bool):
+        raise ConfigError(f"baseline={baseline}: must be true or false")
+    if baseline and cfg.get("resume") is not None:
+        raise ConfigError(f"baseline=true: a baseline trains nothing, so it cannot resume={cfg.resume}")
+    if baseline and cfg.model.pretrained is not None:
+        raise ConfigError(
+            f"baseline=true: the baseline is a randomly initialised backbone; drop model.pretrained="
+            f"{cfg.model.pretrained} (evaluate a checkpoint with pretrainlab-eval instead)"
+        )
+
+
+def _check_finetune(cfg: DictConfig) -> None:
+    """Fine-tuning settings that cannot train (configs saved before the key existed have none)."""
+    finetune = cfg.evaluation.get("finetune")
+    if finetune is None or not finetune.enabled:
+        return
+    if not finetune.seeds:
+        raise ConfigError("evaluation.finetune.seeds=[]: needs at least one fine-tuning seed")
+    for key in ("steps", "batch_size", "lr", "max_length"):
+        if finetune[key] <= 0:
+            raise ConfigError(f"evaluation.finetune.{key}={finetune[key]}: must be positive")
+    if not 0.0 <= finetune.warmup_ratio < 1.0:
+        raise ConfigError(f"evaluation.finetune.warmup_ratio={finetune.warmup_ratio}: must be in [0, 1)")
+    if not 0.0 <= finetune.dropout < 1.0:
+        raise ConfigError(f"evaluation.finetune.dropout={finetune.dropout}: must be in [0, 1)")
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject settings that cannot work, before any data is read or model built.
 
@@ -226,6 +273,7 @@ def validate(cfg: DictConfig) -> None:
     _check_cache_dir(cfg.paths.cache_dir)
     if not isinstance(cfg.get("offline", True), bool):
         raise ConfigError(f"offline={cfg.offline}: must be true or false")
+    _check_baseline(cfg)
     if obj.name in ("masked", "seq2seq", "prefix"):
         _check_fraction(obj.mask_probability, "objective.mask_probability")
     if obj.name == "masked":
@@ -308,6 +356,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.val_fraction={data.val_fraction}: must be in (0, 0.5]")
     if data.probe.path is not None and not Path(data.probe.path).expanduser().is_file():
         raise ConfigError(f"data.probe.path={data.probe.path}: no such file")
+    _check_finetune(cfg)
     bad_line_fraction = data.get("max_bad_line_fraction", BAD_LINE_FRACTION)
     if not 0.0 <= bad_line_fraction < 1.0:
         raise ConfigError(f"data.max_bad_line_fraction={bad_line_fraction}: must be in [0, 1)")

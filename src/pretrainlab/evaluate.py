@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from pretrainlab.data.datamodule import PretrainDataModule
-from pretrainlab.evaluation.cloze import evaluate_cloze, make_cloze_items
-from pretrainlab.evaluation.continuation import evaluate_continuation, make_continuation_items
+from pretrainlab.evaluation.cloze import evaluate_cloze_items, make_cloze_items
+from pretrainlab.evaluation.continuation import continuation_item_scores, make_continuation_items
+from pretrainlab.evaluation.finetune import FinetuneSettings, evaluate_finetune
 from pretrainlab.evaluation.generation import evaluate_generation
-from pretrainlab.evaluation.probe import evaluate_probe, load_labelled_files, split_labelled
+from pretrainlab.evaluation.items import ITEMS_FILE, ItemScores, read_items, write_items
+from pretrainlab.evaluation.probe import Split, evaluate_probe, labelled_task
 from pretrainlab.generation.decode import generation_config
 from pretrainlab.network import apply_offline
 from pretrainlab.objectives.base import PretrainingObjective
@@ -29,6 +35,37 @@ from pretrainlab.utils import write_json_atomic, write_jsonl
 # Cloze items need a document of at least k + 2 tokens; these many are considered.
 _CLOZE_DOCUMENTS = 512
 
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _stage(metrics: dict[str, Any], name: str, what: str) -> Iterator[None]:
+    """Time one evaluation stage into ``eval/<name>_s`` with a start and an end line: in a
+    sweep of short jobs the evaluation is much of the time, and it should not look like a hang."""
+    log.info("evaluation: %s ...", what)
+    started = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - started
+    metrics[f"eval/{name}_s"] = seconds
+    log.info("evaluation: %s done in %.1f s", name, seconds)
+
+
+def downstream_task(cfg: DictConfig) -> Split | None:
+    """The labelled task of the probe and of fine-tuning (a user's ``data.probe.path`` or the
+    built-in reviews), or None when neither runs. Called before training, so a bad labelled
+    file is one line before any step instead of a traceback after the whole run."""
+    ev = cfg.evaluation
+    finetune = ev.get("finetune")
+    if not ev.probe and not (finetune is not None and finetune.enabled):
+        return None
+    return labelled_task(
+        cfg.data.probe,
+        ev.seed,
+        Path(cfg.paths.cache_dir) / "hf",
+        per_class=ev.probe_per_class,
+        test_per_class=ev.probe_test_per_class,
+    )
+
 
 def evaluate_module(
     cfg: DictConfig,
@@ -36,69 +73,86 @@ def evaluate_module(
     datamodule: PretrainDataModule,
     out: Path,
     loggers: list[Any] | None = None,
+    task: Split | None = None,
 ) -> dict[str, Any]:
-    """Every evaluation the config turns on; metrics go to the loggers, samples to samples.jsonl."""
+    """Every evaluation the config turns on; metrics go to the loggers, samples to samples.jsonl,
+    per-item scores to eval_items.jsonl (for the paired tests of ``pretrainlab-compare``).
+
+    ``task`` is ``downstream_task(cfg)``, if the caller already loaded it."""
     ev = cfg.evaluation
     module.eval()
     metrics: dict[str, Any] = {}
+    items: list[ItemScores] = []
     if ev.cloze:
         ks = tuple(ev.cloze_ks)
         docs = datamodule.heldout_documents(_CLOZE_DOCUMENTS, min(ks) + 2)
-        items = make_cloze_items(docs, ks, per_k=ev.cloze_per_k, seed=ev.seed)
-        metrics.update(evaluate_cloze(module, items, ks=ks))
-    untrained = module.continuation_problem()
+        cloze = make_cloze_items(docs, ks, per_k=ev.cloze_per_k, seed=ev.seed)
+        with _stage(metrics, "cloze", f"cloze, {len(cloze)} items"):
+            scored = evaluate_cloze_items(module, cloze, ks=ks)
+        items += scored
+        metrics.update({s.metric: s.value() for s in scored})
+    # A baseline is untrained everywhere: its [gMASK] rows are as (un)trained as the rest.
+    untrained = None if cfg.get("baseline", False) else module.continuation_problem()
     if untrained is not None:
         # A number measured through a layout the model never saw would read as a finding.
         metrics["not_evaluated"] = {"continuation": untrained, "generation": untrained}
-    if ev.continuation and untrained is None:
+    if ev.continuation and untrained is None and module.generative:
         docs = datamodule.heldout_documents(ev.continuation_items, ev.prompt_tokens + 1)
-        items = make_continuation_items(docs, ev.prompt_tokens, ev.continuation_tokens)
-        metrics.update(evaluate_continuation(module, items))
+        continuation = make_continuation_items(docs, ev.prompt_tokens, ev.continuation_tokens)
+        with _stage(metrics, "continuation", f"continuation, {len(continuation)} items"):
+            scored_bpc = continuation_item_scores(module, continuation)
+        metrics["continuation/bpc"] = None if scored_bpc is None else scored_bpc.value()
+        if scored_bpc is not None:
+            items.append(scored_bpc)
     elif ev.continuation:
         metrics["continuation/bpc"] = None
+    finetune = ev.get("finetune")
+    if task is None and (ev.probe or (finetune is not None and finetune.enabled)):
+        task = downstream_task(cfg)
     if ev.probe:
-        metrics.update(
-            evaluate_probe(
-                module,
-                ev.probe_per_class,
-                ev.seed,
-                test_per_class=ev.probe_test_per_class,
-                data=_probe_data(cfg),
-                max_length=cfg.data.block_size,
-            )
-        )
+        assert task is not None
+        with _stage(metrics, "probe", f"probe, {len(task[0])} + {len(task[2])} texts"):
+            probed, scored = evaluate_probe(module, seed=ev.seed, data=task, max_length=cfg.data.block_size)
+        metrics.update(probed)
+        items += scored
+    if finetune is not None and finetune.enabled:
+        assert task is not None
+        recipe = OmegaConf.to_container(finetune, resolve=True)
+        settings = FinetuneSettings(**{k: v for k, v in recipe.items() if k != "enabled"})
+        what = f"fine-tuning, {len(settings.seeds)} seeds x {settings.steps} steps"
+        with _stage(metrics, "finetune", what):
+            tuned, scored = evaluate_finetune(module, task, settings)
+        metrics.update(tuned)
+        items += scored
     metrics["decoding"] = None
     if ev.generation and module.generative and untrained is None:
         docs = datamodule.heldout_documents(ev.num_prompts, ev.prompt_tokens + 1)
         prompts = [doc[: ev.prompt_tokens] for doc in docs]
         decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
         config = generation_config(decoding, module.tokenizer)
-        generated, samples = evaluate_generation(module, prompts, config, decoding["name"])
+        with _stage(metrics, "generation", f"generation, {len(prompts)} prompts"):
+            generated, samples = evaluate_generation(module, prompts, config, decoding["name"])
         metrics.update(generated)
         write_jsonl(out / "samples.jsonl", samples)
         for logger in loggers or []:
             if hasattr(logger, "log_table") and samples:
                 rows = [list(s.values()) for s in samples]
                 logger.log_table(key="samples", columns=list(samples[0]), data=rows)
+    _merge_items(out, items)
     numeric = {k: v for k, v in metrics.items() if isinstance(v, float | int) and not isinstance(v, bool)}
     for logger in loggers or []:
         logger.log_metrics(numeric, step=module.global_step)
     return metrics
 
 
-def _probe_data(cfg: DictConfig) -> tuple | None:
-    """A user's labelled file (``data.probe.path``) split for the probe; None = built-in reviews."""
-    probe = cfg.data.probe
-    if not probe.path:
-        return None
-    texts, labels = load_labelled_files(
-        probe.path,
-        probe.text_column,
-        probe.label_column,
-        "data.probe",
-        cache_dir=Path(cfg.paths.cache_dir) / "hf",
-    )
-    return split_labelled(texts, labels, probe.test_fraction, seed=cfg.evaluation.seed)
+def _merge_items(out: Path, items: list[ItemScores]) -> None:
+    """Replace the metrics evaluated now in the run's eval_items.jsonl, keep the others (a
+    re-evaluation of one stage must not drop the rest)."""
+    if not items:
+        return
+    kept = read_items(out)
+    kept.update({entry.metric: entry for entry in items})
+    write_items(out / ITEMS_FILE, kept.values())
 
 
 def evaluate_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:

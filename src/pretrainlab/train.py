@@ -32,7 +32,7 @@ from pretrainlab.cli_errors import composition_problem
 from pretrainlab.config import ConfigError, validate
 from pretrainlab.data.datamodule import PretrainDataModule
 from pretrainlab.distributed import is_rank_zero, launch_scope
-from pretrainlab.evaluate import evaluate_module
+from pretrainlab.evaluate import downstream_task, evaluate_module
 from pretrainlab.evaluation.bookkeeping import bookkeeping_metrics, seq2seq_token_counts
 from pretrainlab.loggers import wandb_run_id
 from pretrainlab.network import apply_offline
@@ -170,6 +170,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     objective_cls: type[PretrainingObjective] = get_class(cfg.objective._target_)
 
+    task = downstream_task(cfg) if is_rank_zero() else None  # a bad labelled file: before training
     datamodule = build_datamodule(cfg, objective_cls)
     datamodule.setup()
     _check_batch_fits(cfg, datamodule)
@@ -200,25 +201,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-        resume_from = resume_checkpoint(cfg)
-        batches_per_step = cfg.trainer.accumulate_grad_batches
-        datamodule.plan_stream(
-            cfg.seed,
-            total_batches=settings["max_steps"] * batches_per_step,
-            start_batch=_checkpoint_step(resume_from) * batches_per_step if resume_from else 0,
-        )
-        # A resumed run has its initial validation in its restored curve. (Configs saved before
-        # the key existed were validated at the start.)
-        if resume_from is None and cfg.trainer.get("validate_at_start", True):
-            trainer.validate(module, datamodule=datamodule, verbose=False)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-        last_train_loss = _float(trainer.callback_metrics.get("train/loss"))  # validate() resets these
-        best = next(
-            (c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), ""
-        )
-        # The final weights are the result: every objective is judged after the same token budget
-        # (the best checkpoint by validation loss stays in checkpoints/).
-        final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        if cfg.get("baseline", False):
+            # No pretraining: the backbone as initialised from `seed`, validated and evaluated
+            # like any run, so a study can see what pretraining added.
+            final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+            last_train_loss, best = None, ""
+        else:
+            last_train_loss, best, final = _fit(cfg, trainer, module, datamodule, settings["max_steps"])
 
     throughput = next(c for c in callbacks if isinstance(c, TokenThroughput))
     curve = next(c for c in callbacks if isinstance(c, ValidationCurve))
@@ -229,13 +218,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val/loss": final["val/loss"],
         "val/ppl": final["val/ppl"],
         "val/loss_initial": curve.initial_loss,
+        "baseline": bool(cfg.get("baseline", False)),
         "train/loss": last_train_loss,
-        "train/tokens_per_s": throughput.tokens_per_second,
+        "train/tokens_per_s": None if cfg.get("baseline", False) else throughput.tokens_per_second,
         "steps": trainer.global_step,
         **bookkeeping(cfg, module, tokens),
     }
     if trainer.is_global_zero:
-        metrics.update(evaluate_module(cfg, module, datamodule, out, loggers))
+        metrics.update(evaluate_module(cfg, module, datamodule, out, loggers, task))
         module.export(out / "hf")
         metrics.update(
             wall_time_s=time.perf_counter() - started,
@@ -244,6 +234,36 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         write_json_atomic(out / "metrics.json", metrics)
     return metrics
+
+
+def _fit(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    module: PretrainingObjective,
+    datamodule: PretrainDataModule,
+    max_steps: int,
+) -> tuple[float | None, str, dict[str, float]]:
+    """Train (or resume) to the budget: the last training loss, the best checkpoint's path and
+    the final validation metrics (the final weights are the result: every objective is judged
+    after the same token budget; the best checkpoint by validation loss stays in checkpoints/)."""
+    resume_from = resume_checkpoint(cfg)
+    batches_per_step = cfg.trainer.accumulate_grad_batches
+    datamodule.plan_stream(
+        cfg.seed,
+        total_batches=max_steps * batches_per_step,
+        start_batch=_checkpoint_step(resume_from) * batches_per_step if resume_from else 0,
+    )
+    # A resumed run has its initial validation in its restored curve. (Configs saved before
+    # the key existed were validated at the start.)
+    if resume_from is None and cfg.trainer.get("validate_at_start", True):
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    last_train_loss = _float(trainer.callback_metrics.get("train/loss"))  # validate() resets these
+    best = next(
+        (c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), ""
+    )
+    final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    return last_train_loss, best, final
 
 
 def bookkeeping(cfg: DictConfig, module: PretrainingObjective, tokens: int) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 It is Hydra's basic sweeper with three changes:
 - a combination that differs from an earlier one only in settings its objective does not
-  use (``mask_probability`` for causal, ``decoding`` for masked) is not trained again; it is
+  use (``mask_probability`` for causal, ``decoding`` for masked; every ``objective.*``, optimizer
+  and budget setting for a ``baseline=true`` job, which trains nothing) is not run again; it is
   recorded in ``sweep.json`` as a skipped duplicate of the job that covers it, and every job
   is launched without such settings (its ``launch`` in sweep.json), so its saved config,
   ``overrides.yaml`` and W&B name show them as not applicable;
@@ -40,6 +41,23 @@ class PretrainlabSweeperConf:
 ConfigStore.instance().store(
     group="hydra/sweeper", name="pretrainlab", node=PretrainlabSweeperConf, provider="pretrainlab"
 )
+
+
+# Settings that only shape training, ignored by a baseline=true job (with every objective.* key).
+BASELINE_IGNORES = ("optimizer", "trainer.max_steps", "trainer.max_tokens", "trainer.val_check_interval")
+
+
+def ignored_settings(cfg: Any) -> tuple[str, ...]:
+    """The setting keys (or key prefixes) a composed job config does not use."""
+    from hydra.utils import get_class
+
+    ignored = get_class(cfg.objective._target_).ignored_settings()
+    if cfg.get("baseline", False):
+        # A baseline trains nothing: how the objective corrupts text, the optimizer and the
+        # budget cannot change it, so one baseline per remaining combination is enough.
+        settings = tuple(f"objective.{key}" for key in cfg.objective if key not in ("name", "_target_"))
+        ignored += settings + BASELINE_IGNORES
+    return ignored
 
 
 def override_key(override: str) -> str:
@@ -90,11 +108,9 @@ class PretrainlabSweeper(BasicSweeper):
         self.report = report
 
     def _ignored_keys(self, overrides: list[str]) -> tuple[str, ...]:
-        from hydra.utils import get_class
-
         assert self.hydra_context is not None and self.config is not None
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        return get_class(cfg.objective._target_).ignored_settings()
+        return ignored_settings(cfg)
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pretrainlab.evaluation.items import ItemScores, item_id
 from pretrainlab.generation.decode import generation_config
 
 OBJECTIVES = ("masked", "causal", "seq2seq", "prefix")
@@ -164,20 +165,44 @@ def fill_cloze(module: Any, item: ClozeItem) -> list[int]:
         return _fit(fillers[module.name](module, item), item.k)
 
 
+def cloze_item_scores(
+    items: Sequence[ClozeItem], predictions: Sequence[Sequence[int]], ks: Sequence[int] | None = None
+) -> list[ItemScores]:
+    """Per-item ``cloze/exact_match_k{k}`` (1 or 0) and ``cloze/token_accuracy_k{k}`` (share of
+    the k positions right) for each k, so a study can test differences item by item."""
+    ks = sorted({item.k for item in items}) if ks is None else list(ks)
+    scores: list[ItemScores] = []
+    for k in ks:
+        ids, exact, tokens = [], [], []
+        for item, prediction in zip(items, predictions, strict=True):
+            if item.k != k:
+                continue
+            filled = _fit(prediction, k)
+            ids.append(item_id(item.left, item.answer, item.right))
+            exact.append(float(item.answer == filled))
+            tokens.append(sum(a == p for a, p in zip(item.answer, filled, strict=True)) / k)
+        scores += [
+            ItemScores(f"cloze/exact_match_k{k}", ids, exact),
+            ItemScores(f"cloze/token_accuracy_k{k}", ids, tokens),
+        ]
+    return scores
+
+
 def score_cloze(
     items: Sequence[ClozeItem], predictions: Sequence[Sequence[int]], ks: Sequence[int] | None = None
 ) -> dict[str, float | None]:
     """``cloze/exact_match_k{k}`` (whole span right) and ``cloze/token_accuracy_k{k}`` (share of
     positions right) per k; None for a k without items."""
-    ks = sorted({item.k for item in items}) if ks is None else list(ks)
-    metrics: dict[str, float | None] = {}
-    for k in ks:
-        pairs = [(i.answer, _fit(p, k)) for i, p in zip(items, predictions, strict=True) if i.k == k]
-        exact = [answer == pred for answer, pred in pairs]
-        tokens = [a == p for answer, pred in pairs for a, p in zip(answer, pred, strict=True)]
-        metrics[f"cloze/exact_match_k{k}"] = sum(exact) / len(exact) if exact else None
-        metrics[f"cloze/token_accuracy_k{k}"] = sum(tokens) / len(tokens) if tokens else None
-    return metrics
+    return {scores.metric: scores.value() for scores in cloze_item_scores(items, predictions, ks)}
+
+
+def evaluate_cloze_items(
+    module: Any, items: Sequence[ClozeItem], ks: Sequence[int] | None = None
+) -> list[ItemScores]:
+    """Fill every item and score it per item and k (see ``cloze_item_scores``)."""
+    with eval_mode(module):
+        predictions = [fill_cloze(module, item) for item in items]
+    return cloze_item_scores(items, predictions, ks)
 
 
 def evaluate_cloze(
@@ -185,6 +210,4 @@ def evaluate_cloze(
 ) -> dict[str, float | None]:
     """Fill every item and score it per k (see ``score_cloze``); pass ``ks`` for stable keys
     even when a k got no items."""
-    with eval_mode(module):
-        predictions = [fill_cloze(module, item) for item in items]
-    return score_cloze(items, predictions, ks)
+    return {scores.metric: scores.value() for scores in evaluate_cloze_items(module, items, ks)}

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pretrainlab.evaluation.cloze import eval_mode
+from pretrainlab.evaluation.items import ItemScores, item_id
 
 ContinuationItem = tuple[list[int], list[int]]
 
@@ -46,22 +47,33 @@ def continuation_characters(tokenizer: Any, continuation: Sequence[int]) -> int:
     return len(tokenizer.decode(list(continuation)))
 
 
-def bits_per_character(module: Any, items: Sequence[ContinuationItem]) -> float | None:
-    """sum of NLL (nats) over every continuation token / ln 2 / characters of all continuations.
-
-    None where it does not apply: a non-generative objective (masked), or no characters.
-    """
+def continuation_item_scores(module: Any, items: Sequence[ContinuationItem]) -> ItemScores | None:
+    """Per item: bits of the continuation (the numerator) and its characters (the weight), so
+    ``value()`` is the pooled bits per character and a study can resample items. None where it
+    does not apply (a non-generative objective: masked)."""
     if not getattr(module, "generative", False):
         return None
-    nats = 0.0
-    characters = 0
+    ids: list[str] = []
+    bits: list[float] = []
+    characters: list[float] = []
     with eval_mode(module):
         for prefix, continuation in items:
             if not continuation:
                 continue
-            nats += float(module.continuation_nll(list(prefix), list(continuation)).double().sum())
-            characters += continuation_characters(module.tokenizer, continuation)
-    return nats / math.log(2) / characters if characters else None
+            nats = float(module.continuation_nll(list(prefix), list(continuation)).double().sum())
+            ids.append(item_id(prefix, continuation))
+            bits.append(nats / math.log(2))
+            characters.append(float(continuation_characters(module.tokenizer, continuation)))
+    return ItemScores("continuation/bpc", ids, bits, characters)
+
+
+def bits_per_character(module: Any, items: Sequence[ContinuationItem]) -> float | None:
+    """sum of NLL (bits) over every continuation token / characters of all continuations.
+
+    None where it does not apply: a non-generative objective (masked), or no characters.
+    """
+    scores = continuation_item_scores(module, items)
+    return None if scores is None else scores.value()
 
 
 def evaluate_continuation(module: Any, items: Sequence[ContinuationItem]) -> dict[str, float | None]:

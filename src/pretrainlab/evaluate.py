@@ -117,8 +117,7 @@ def evaluate_module(
         items += scored
     if finetune is not None and finetune.enabled:
         assert task is not None
-        recipe = OmegaConf.to_container(finetune, resolve=True)
-        settings = FinetuneSettings(**{k: v for k, v in recipe.items() if k != "enabled"})
+        settings = FinetuneSettings(**OmegaConf.to_container(finetune, resolve=True))
         what = f"fine-tuning, {len(settings.seeds)} seeds x {settings.steps} steps"
         with _stage(metrics, "finetune", what):
             tuned, scored = evaluate_finetune(module, task, settings)

@@ -287,24 +287,21 @@ def is_baseline(row: Row) -> bool:
     return False
 
 
+def _named(row: Row, metric: str, config_key: str, default: str) -> str:
+    """A name from whichever of the job's files gives it: metrics, saved config, overrides."""
+    return str(
+        row["metrics"].get(metric) or row["config"].get(config_key) or row["overrides"].get(metric) or default
+    )
+
+
 def objective_of(row: Row) -> str:
     """The job's objective name, from whichever of its files names it ("?" if none does)."""
-    return str(
-        row["metrics"].get("objective")
-        or row["config"].get("objective.name")
-        or row["overrides"].get("objective")
-        or "?"
-    )
+    return _named(row, "objective", "objective.name", "?")
 
 
 def decoding_of(row: Row) -> str:
     """The decoding strategy the job's generation metrics were measured with."""
-    return str(
-        row["metrics"].get("decoding")
-        or row["config"].get("decoding.name")
-        or row["overrides"].get("decoding")
-        or "default"
-    )
+    return _named(row, "decoding", "decoding.name", "default")
 
 
 def mask_probability_of(row: Row) -> float | None:

@@ -39,13 +39,13 @@ import copy
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from pretrainlab.config import FinetuneConfig
 from pretrainlab.evaluation.features import encode_texts, mean_states, pad_batch
 from pretrainlab.evaluation.items import ItemScores, item_id, mean_over_items
 from pretrainlab.evaluation.probe import Split
@@ -54,26 +54,8 @@ log = logging.getLogger(__name__)
 CLIP_NORM = 1.0
 
 
-@dataclass
-class FinetuneSettings:
-    """The recipe's knobs (config ``evaluation.finetune.*``).
-
-    The defaults were measured on the built-in sentiment task (2000 training reviews, 1000
-    test) at ``model=tiny`` on a shared 2-core CPU: 5-6 s a seed (8.5-10 s with
-    ``max_length=128``; 200 steps of 32 took 70-80 s). A randomly initialised backbone reaches
-    0.71-0.73 accuracy, far from what the task allows, so pretraining has room to show; lr 1e-3
-    beat 3e-4 by 2-3 points for random and trained backbones alike. Larger models usually want
-    a smaller ``lr`` (BERT-base: 2e-5 to 5e-5).
-    """
-
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    steps: int = 100
-    batch_size: int = 16
-    lr: float = 1e-3
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    dropout: float = 0.1
-    max_length: int = 64
+# The recipe's knobs are the config's (``evaluation.finetune.*``); ``enabled`` is not read here.
+FinetuneSettings = FinetuneConfig
 
 
 class _Classifier(nn.Module):

@@ -82,6 +82,22 @@ CASES = [
     ),
     Case("no steps", ("trainer.max_steps=0",), r"trainer.max_steps=0: must be positive"),
     Case(
+        "negative token budget",
+        ("trainer.max_tokens=-5",),
+        r"trainer.max_tokens=-5: must be positive \(or null\)",
+    ),
+    Case("no layers", ("model.n_layers=0",), r"model.n_layers=0: must be at least 1"),
+    Case(
+        "width not a multiple of the heads",
+        ("model.hidden_size=130", "model.n_heads=4"),
+        r"model.hidden_size=130: must be a multiple of model.n_heads=4",
+    ),
+    Case(
+        "unknown learning-rate schedule",
+        ("optimizer.scheduler=step",),
+        r"optimizer.scheduler=step: must be one of cosine, linear, constant_with_warmup, warmup_stable_decay",
+    ),
+    Case(
         "validation switched off",
         ("trainer.limit_val_batches=0",),
         r"trainer.limit_val_batches=0: must be positive",

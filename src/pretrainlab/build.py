@@ -37,6 +37,8 @@ def build_objective(cfg: DictConfig, datamodule: PretrainDataModule) -> Pretrain
         tokenizer=datamodule.tokenizer,
         optimizer=instantiate(cfg.optimizer.optimizer),
         warmup_ratio=cfg.optimizer.warmup_ratio,
+        scheduler=cfg.optimizer.scheduler,
+        decay_ratio=cfg.optimizer.decay_ratio,
         _recursive_=False,
     )
     datamodule.collate_fn = SeededCollator(module.build_collator(), cfg.seed)

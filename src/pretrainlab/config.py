@@ -138,6 +138,8 @@ class TokenizerConfig:
 class OptimizerConfig:
     optimizer: Any = MISSING
     warmup_ratio: float = 0.05
+    scheduler: str = "cosine"
+    decay_ratio: float = 0.1
 
 
 @dataclass
@@ -229,6 +231,8 @@ register_schemas()
 
 DATA_SOURCES = ("sample_zh", "files", "hub")
 PREFIX_MODES = ("blank", "gmask", "mixed")
+# transformers' get_scheduler names that need only a warm-up and the number of steps.
+SCHEDULERS = ("cosine", "linear", "constant_with_warmup", "warmup_stable_decay")
 
 
 def _check_fraction(value: float | None, key: str) -> None:
@@ -266,14 +270,14 @@ def _check_finetune(cfg: DictConfig) -> None:
         raise ConfigError(f"evaluation.finetune.dropout={finetune.dropout}: must be in [0, 1)")
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, *, with_libraries: bool = True) -> None:
     """Reject settings that cannot work, before any data is read or model built.
 
     Each failure is a :class:`ConfigError` whose message starts with the key or file at fault;
-    the entry point prints it as one line and exits non-zero.
+    the entry point prints it as one line and exits non-zero. The checks that need torch or
+    transformers come last, so a setting rejected before them costs no import of those;
+    ``with_libraries=False`` skips them (the entry point's check before it imports anything).
     """
-    from pretrainlab.models.backbones import check_family
-
     obj, data, model = cfg.objective, cfg.data, cfg.model
     seed = cfg.get("seed", 0)
     if not isinstance(seed, int) or not 0 <= seed < 2**32:
@@ -292,28 +296,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(
                 "objective.mask_replace_prob + objective.random_replace_prob: must not exceed 1"
             )
-        from pretrainlab.data.words import DEFAULT_SEGMENTER, SEGMENTERS, is_installed
-
-        segmenter = obj.get("word_segmenter") or DEFAULT_SEGMENTER
-        if segmenter not in SEGMENTERS:
-            raise ConfigError(f"objective.word_segmenter={segmenter}: must be one of {', '.join(SEGMENTERS)}")
-        if obj.whole_word_mask and not is_installed(segmenter):
-            raise ConfigError(
-                f"objective.word_segmenter={segmenter}: not installed, and objective.whole_word_mask "
-                f"needs it (pip install {SEGMENTERS[segmenter]})"
-            )
     if obj.name == "seq2seq" and obj.mean_noise_span_length < 1:
         raise ConfigError(
             f"objective.mean_noise_span_length={obj.mean_noise_span_length}: must be at least 1"
         )
-    # A config saved before noise_layout existed (pretrainlab-reproduce) has none: nothing to check.
-    if obj.name == "seq2seq" and obj.get("noise_layout") is not None:
-        from pretrainlab.objectives.span_corruption import NOISE_LAYOUTS
-
-        if obj.noise_layout not in NOISE_LAYOUTS:
-            raise ConfigError(
-                f"objective.noise_layout={obj.noise_layout}: must be one of {', '.join(NOISE_LAYOUTS)}"
-            )
     if obj.name == "prefix":
         if obj.mode not in PREFIX_MODES:
             raise ConfigError(f"objective.mode={obj.mode}: must be one of {', '.join(PREFIX_MODES)}")
@@ -328,10 +314,6 @@ def validate(cfg: DictConfig) -> None:
         cross = obj.get("spans_cross_documents", False)
         if not isinstance(cross, bool):
             raise ConfigError(f"objective.spans_cross_documents={cross}: must be true or false")
-    check_family(obj.name, model.family)
-    _check_decoding(cfg)
-    _warn_untrained_block_positions(cfg)
-
     if data.source not in DATA_SOURCES:
         raise ConfigError(f"data.source={data.source}: must be one of {', '.join(DATA_SOURCES)}")
     # `???` in a group file cannot mark these required: merged over a schema default of None,
@@ -370,10 +352,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.max_bad_line_fraction={bad_line_fraction}: must be in [0, 1)")
     if data.max_documents is not None and data.max_documents <= 1:
         raise ConfigError(f"data.max_documents={data.max_documents}: must be at least 2")
-    if cfg.optimizer.optimizer.lr <= 0:
-        raise ConfigError(f"optimizer.optimizer.lr={cfg.optimizer.optimizer.lr}: must be positive")
+    _check_model_shape(model)
+    _check_schedule(cfg.optimizer)
     if cfg.trainer.max_steps <= 0 and cfg.trainer.max_tokens is None:
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: must be positive")
+    if cfg.trainer.max_tokens is not None and cfg.trainer.max_tokens <= 0:
+        raise ConfigError(f"trainer.max_tokens={cfg.trainer.max_tokens}: must be positive (or null)")
     every = cfg.trainer.get("checkpoint_every_n_steps")
     if every is not None and every <= 0:
         raise ConfigError(f"trainer.checkpoint_every_n_steps={every}: must be positive (or null)")
@@ -393,6 +377,66 @@ def validate(cfg: DictConfig) -> None:
         _check_pretrained_path(model.pretrained, "model.pretrained")
     if cfg.tokenizer.pretrained is not None:
         _check_pretrained_path(cfg.tokenizer.pretrained, "tokenizer.pretrained")
+    if with_libraries:
+        _check_with_libraries(cfg)
+
+
+def _check_with_libraries(cfg: DictConfig) -> None:
+    """The checks that import torch or transformers (seconds): run after every other check."""
+    from pretrainlab.models.backbones import check_family
+
+    obj = cfg.objective
+    if obj.name == "masked":
+        from pretrainlab.data.words import DEFAULT_SEGMENTER, SEGMENTERS, is_installed
+
+        segmenter = obj.get("word_segmenter") or DEFAULT_SEGMENTER
+        if segmenter not in SEGMENTERS:
+            raise ConfigError(f"objective.word_segmenter={segmenter}: must be one of {', '.join(SEGMENTERS)}")
+        if obj.whole_word_mask and not is_installed(segmenter):
+            raise ConfigError(
+                f"objective.word_segmenter={segmenter}: not installed, and objective.whole_word_mask "
+                f"needs it (pip install {SEGMENTERS[segmenter]})"
+            )
+    # A config saved before noise_layout existed (pretrainlab-reproduce) has none: nothing to check.
+    if obj.name == "seq2seq" and obj.get("noise_layout") is not None:
+        from pretrainlab.objectives.span_corruption import NOISE_LAYOUTS
+
+        if obj.noise_layout not in NOISE_LAYOUTS:
+            raise ConfigError(
+                f"objective.noise_layout={obj.noise_layout}: must be one of {', '.join(NOISE_LAYOUTS)}"
+            )
+    check_family(obj.name, cfg.model.family)
+    _check_decoding(cfg)
+    _warn_untrained_block_positions(cfg)
+
+
+def _check_model_shape(model: DictConfig) -> None:
+    """Shapes transformers would only reject (or silently accept) after the data is prepared."""
+    if model.pretrained is not None:  # the checkpoint's own config decides its shape
+        return
+    for key in ("n_layers", "hidden_size", "n_heads", "intermediate_size"):
+        if model[key] < 1:
+            raise ConfigError(f"model.{key}={model[key]}: must be at least 1")
+    if model.hidden_size % model.n_heads:
+        raise ConfigError(
+            f"model.hidden_size={model.hidden_size}: must be a multiple of model.n_heads={model.n_heads}"
+        )
+
+
+def _check_schedule(optimizer: DictConfig) -> None:
+    if optimizer.optimizer.lr <= 0:
+        raise ConfigError(f"optimizer.optimizer.lr={optimizer.optimizer.lr}: must be positive")
+    if optimizer.scheduler not in SCHEDULERS:
+        choices = ", ".join(SCHEDULERS)
+        raise ConfigError(f"optimizer.scheduler={optimizer.scheduler}: must be one of {choices}")
+    if not 0.0 <= optimizer.warmup_ratio < 1.0:
+        raise ConfigError(f"optimizer.warmup_ratio={optimizer.warmup_ratio}: must be in [0, 1)")
+    if optimizer.scheduler == "warmup_stable_decay" and not (
+        0.0 < optimizer.decay_ratio <= 1.0 - optimizer.warmup_ratio
+    ):
+        raise ConfigError(
+            f"optimizer.decay_ratio={optimizer.decay_ratio}: must be in (0, 1 - optimizer.warmup_ratio]"
+        )
 
 
 # A batch without a masked token has no loss: refused when more than this share of batches would.
@@ -430,6 +474,8 @@ def _check_cache_dir(value: str) -> None:
 
 def available_devices(accelerator: str) -> tuple[int, str]:
     """How many devices of this kind the machine has, and what to call them in a message."""
+    if accelerator not in ("gpu", "cuda", "auto", "mps"):  # CPU processes: no torch import needed
+        return os.cpu_count() or 1, "CPU cores are available"
     import torch
 
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):

@@ -23,7 +23,7 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    get_cosine_schedule_with_warmup,
+    get_scheduler,
 )
 
 from pretrainlab.callbacks import logging_step
@@ -40,7 +40,8 @@ IGNORE = -100
 
 
 class PretrainingObjective(pl.LightningModule):
-    """Base LightningModule: AdamW (``_partial_`` from Hydra) with warm-up + cosine decay."""
+    """Base LightningModule: AdamW (``_partial_`` from Hydra) with warm-up and a schedule from
+    transformers' ``get_scheduler`` (cosine decay unless ``optimizer.scheduler`` says otherwise)."""
 
     name: ClassVar[str]
     # transformers Auto class that loads this objective's pretrained backbones.
@@ -56,16 +57,23 @@ class PretrainingObjective(pl.LightningModule):
         tokenizer: PreTrainedTokenizerBase,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         warmup_ratio: float = 0.05,
+        scheduler: str = "cosine",
+        decay_ratio: float = 0.1,
         **settings: Any,
     ) -> None:
-        """``optimizer`` may be None when the module only serves inference."""
+        """``optimizer`` may be None when the module only serves inference. ``decay_ratio`` is
+        the share of training that ``scheduler="warmup_stable_decay"`` spends decaying."""
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.optimizer_factory = optimizer
         self.warmup_ratio = warmup_ratio
+        self.scheduler_name = scheduler
+        self.decay_ratio = decay_ratio
         self.settings = settings
-        self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer"])
+        # In the checkpoint only: the loggers get the resolved Hydra config once (train.py), and
+        # these would repeat its objective.* and optimizer.* keys at the top level.
+        self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer"], logger=False)
         self.val_loss = MeanMetric()
 
     # -- what subclasses provide --------------------------------------------------------
@@ -253,7 +261,17 @@ class PretrainingObjective(pl.LightningModule):
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = self.optimizer_factory(groups, **extra)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
+        scheduler = get_scheduler(
+            self.scheduler_name,
+            optimizer,
+            num_warmup_steps=int(self.warmup_ratio * total),
+            num_training_steps=total,
+            scheduler_specific_kwargs=(
+                {"num_decay_steps": max(int(self.decay_ratio * total), 1)}
+                if self.scheduler_name == "warmup_stable_decay"
+                else None
+            ),
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- export -------------------------------------------------------------------------

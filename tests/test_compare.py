@@ -140,12 +140,13 @@ def make_main_sweep(sweep: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The main sweep's report, written once through the command (plots included)."""
+    """The main sweep's report with every column (``--metrics all``), written once through the
+    command (plots included); the default compact view: tests/test_compare_compact.py."""
     sweep = make_main_sweep(tmp_path_factory.mktemp("sweep"))
     out = tmp_path_factory.mktemp("report")
     stdout = StringIO()
     with redirect_stdout(stdout):
-        status = main([str(sweep), "--out", str(out)])
+        status = main([str(sweep), "--out", str(out), "--metrics", "all"])
     return {"sweep": sweep, "out": out, "status": status, "stdout": stdout.getvalue()}
 
 
@@ -232,7 +233,7 @@ def test_command_writes_report_and_prints_paths(report: dict[str, Any]) -> None:
     assert "prefix" in report["stdout"]  # the table was printed
     text = (out / "report.md").read_text(encoding="utf-8")
     assert text.startswith(f"# Sweep report: {report['sweep'].name}")
-    assert f"`pretrainlab-compare {report['sweep']} --out {out}`" in text
+    assert f"`pretrainlab-compare {report['sweep']} --out {out} --metrics all`" in text
     assert "ranges do not overlap" in text  # the seed / significance rule is explained
     assert not (report["sweep"] / "report.md").exists()  # --out respected
 
@@ -285,11 +286,14 @@ def test_csv_holds_raw_numbers(report: dict[str, Any]) -> None:
 
 def test_plots_are_png_files(report: dict[str, Any]) -> None:
     text = (report["out"] / "report.md").read_text(encoding="utf-8")
-    for name in ("val_loss_vs_tokens.png", "metrics_vs_mask_probability.png", "generation_by_decoding.png"):
+    for name in ("val_loss_vs_tokens.png", "metrics_vs_mask_probability.png"):
         data = (report["out"] / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000
         assert f"]({name})" in text
         assert f"wrote {report['out'] / name}" in report["stdout"]
+    # Every job decoded greedily: no bar chart of a single decoding strategy.
+    assert not (report["out"] / "generation_by_decoding.png").exists()
+    assert "Not drawn: the decoding strategy was not swept" in text
 
 
 def test_plots_without_data_are_skipped(tmp_path: Path) -> None:
@@ -301,9 +305,7 @@ def test_plots_without_data_are_skipped(tmp_path: Path) -> None:
     assert set(files) == {"report.md", "report.csv", "metrics_vs_mask_probability.png"}
     assert not (tmp_path / "out" / "generation_by_decoding.png").exists()
     assert not (tmp_path / "out" / "val_loss_vs_tokens.png").exists()
-    assert "Not drawn: no finished job has generation metrics" in files["report.md"].read_text(
-        encoding="utf-8"
-    )
+    assert "Not drawn: the decoding strategy was not swept" in files["report.md"].read_text(encoding="utf-8")
 
 
 # -- seeds ------------------------------------------------------------------------------------
@@ -341,8 +343,8 @@ def test_seed_table_and_ties(tmp_path: Path) -> None:
     assert df["val/loss"].tolist() == pytest.approx([6.2, 6.5])
     assert df["val/loss_std"].tolist() == pytest.approx([0.2, 0.2])
     rows = markdown_rows(to_markdown(df))
-    # [6.0, 6.4] overlaps [6.3, 6.7]: a tie, both marked.
-    assert [r["val/loss"] for r in rows] == ["**6.2000 ± 0.2000**", "**6.5000 ± 0.2000**"]
+    # [6.0, 6.4] overlaps [6.3, 6.7]: a tie, and no other row: no row is clearly best, none marked.
+    assert [r["val/loss"] for r in rows] == ["6.2000 ± 0.2000", "6.5000 ± 0.2000"]
     # [0.1, 0.3] vs [0.5, 0.7]: prefix is clearly better, only it is marked.
     assert [r["gen/distinct_1"] for r in rows] == ["0.2000 ± 0.1000", "**0.6000 ± 0.1000**"]
 

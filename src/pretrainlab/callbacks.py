@@ -10,15 +10,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Checkpoint
+from pytorch_lightning.callbacks import Checkpoint, RichProgressBar
 
-
-class TrainingFailure(RuntimeError):
-    """A run that cannot go on, for a reason the user can act on: its message is one line."""
-
-
-class NonFiniteLossError(TrainingFailure):
-    """The training loss became NaN or infinite."""
+# Defined apart (no torch there) for the entry point; raised here, importable from here too.
+from pretrainlab.failures import Interrupted, NonFiniteLossError, TrainingFailure  # noqa: F401
 
 
 class StopOnNonFiniteLoss(pl.Callback):
@@ -65,14 +60,6 @@ class StopOnNonFiniteLoss(pl.Callback):
         if count is None or not isinstance(self._batch, dict) or "labels" not in self._batch:
             return False
         return count(self._batch) == 0
-
-
-class Interrupted(TrainingFailure):
-    """SIGTERM or SIGINT: the run saved its state at a step boundary and stopped."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.exit_status = 128 + signum  # what a shell reports for a process ended by the signal
 
 
 class LastCheckpoint(Checkpoint):
@@ -302,3 +289,49 @@ class ValidationCurve(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = dict(state_dict["rows"])
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, counting optimizer steps towards ``trainer.max_steps``.
+
+    A run is budgeted in steps (``max_epochs=-1``), and an epoch of packed blocks is an accident
+    of the corpus size: Lightning's own bar read "Epoch 0/-2" and restarted at every epoch. This
+    one reads ``step  120/300`` for the whole run, resumed runs included (it starts at the
+    restored step). Where no step budget is set it falls back to Lightning's epochs.
+    """
+
+    DESCRIPTION = "step"
+
+    def _counts_steps(self) -> bool:
+        return self.trainer.max_steps is not None and self.trainer.max_steps > 0
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """The bar's total: the step budget, not the batches of one epoch."""
+        return self.trainer.max_steps if self._counts_steps() else super().total_train_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if not self._counts_steps():
+            return super()._get_train_description(current_epoch)
+        # As wide as "Validation", so the two bars' columns line up.
+        return f"{self.DESCRIPTION:{max(len(self.DESCRIPTION), len(self.validation_description))}}"
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One bar for the whole run: a new epoch neither resets it nor starts another."""
+        if not self._counts_steps() or self.train_progress_bar_id is None:
+            super().on_train_epoch_start(trainer, pl_module)
+        if self._counts_steps():
+            self._update(self.train_progress_bar_id, trainer.global_step)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Advance to the optimizer step reached (not the batch within the epoch)."""
+        if not self._counts_steps():
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            return
+        if not self.is_disabled and self.train_progress_bar_id is None:
+            self._initialize_train_progress_bar_id()
+        self._update(self.train_progress_bar_id, trainer.global_step)
+        self._update_metrics(trainer, pl_module)
+        self.refresh()

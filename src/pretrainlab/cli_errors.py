@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from hydra.errors import HydraException
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from pretrainlab import config_dir
@@ -19,14 +20,19 @@ COMPOSITION_ERRORS = (HydraException, OmegaConfBaseException)
 
 def composition_problem(overrides: list[str], config_name: str = "train") -> str | None:
     """Compose the config as Hydra will, and describe in one line what fails, if anything."""
+    return compose_config(overrides, config_name)[1]
+
+
+def compose_config(overrides: list[str], config_name: str = "train") -> tuple[DictConfig | None, str | None]:
+    """The config Hydra will compose from ``overrides`` (without its ``hydra`` node), or None and
+    the one-line problem, so a command can check the settings before Hydra starts a run."""
     from hydra import compose, initialize_config_dir
 
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            compose(config_name=config_name, overrides=overrides)
+            return compose(config_name=config_name, overrides=overrides), None
     except COMPOSITION_ERRORS as err:
-        return describe_composition_error(err)
-    return None
+        return None, describe_composition_error(err)
 
 
 def describe_composition_error(err: BaseException) -> str:

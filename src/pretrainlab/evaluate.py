@@ -9,9 +9,13 @@ validation split and ``evaluation.seed``, so they are the same for every objecti
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -125,13 +129,7 @@ def evaluate_module(
         items += scored
     metrics["decoding"] = None
     if ev.generation and module.generative and untrained is None:
-        docs = datamodule.heldout_documents(ev.num_prompts, ev.prompt_tokens + 1)
-        prompts = [doc[: ev.prompt_tokens] for doc in docs]
-        decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
-        config = generation_config(decoding, module.tokenizer)
-        with _stage(metrics, "generation", f"generation, {len(prompts)} prompts"):
-            generated, samples = evaluate_generation(module, prompts, config, decoding["name"])
-        metrics.update(generated)
+        samples = _generation_stage(cfg, module, datamodule, metrics)
         write_jsonl(out / "samples.jsonl", samples)
         for logger in loggers or []:
             if hasattr(logger, "log_table") and samples:
@@ -144,6 +142,25 @@ def evaluate_module(
     return metrics
 
 
+def _generation_stage(
+    cfg: DictConfig, module: PretrainingObjective, datamodule: PretrainDataModule, metrics: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Continue the held-out prompts with ``cfg.decoding`` into ``metrics``; the samples.
+
+    One function for the end of a run and for ``RUN/eval/<decoding>/``, so the same decoding
+    gives the same numbers in both. Sampling is seeded with ``evaluation.seed``.
+    """
+    ev = cfg.evaluation
+    docs = datamodule.heldout_documents(ev.num_prompts, ev.prompt_tokens + 1)
+    prompts = [doc[: ev.prompt_tokens] for doc in docs]
+    decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
+    config = generation_config(decoding, module.tokenizer)
+    with _stage(metrics, "generation", f"generation ({decoding['name']}), {len(prompts)} prompts"):
+        generated, samples = evaluate_generation(module, prompts, config, decoding["name"], seed=ev.seed)
+    metrics.update(generated)
+    return samples
+
+
 def _merge_items(out: Path, items: list[ItemScores]) -> None:
     """Replace the metrics evaluated now in the run's eval_items.jsonl, keep the others (a
     re-evaluation of one stage must not drop the rest)."""
@@ -154,13 +171,8 @@ def _merge_items(out: Path, items: list[ItemScores]) -> None:
     write_items(out / ITEMS_FILE, kept.values())
 
 
-def evaluate_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    """Re-evaluate a finished run's exported model with its saved config (plus overrides of
-    ``evaluation.*``), and merge the results into its metrics.json."""
-    from hydra.utils import get_class
-
-    from pretrainlab.build import build_datamodule
-    from pretrainlab.infer import load_run
+def _saved_config(run_dir: Path) -> DictConfig:
+    """The run's saved config, checked before anything it names is imported."""
     from pretrainlab.trusted_targets import require_trusted
 
     saved = run_dir / ".hydra" / "config.yaml"
@@ -168,8 +180,17 @@ def evaluate_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
         raise ValueError(f"{run_dir}: not a run folder (no .hydra/config.yaml)")
     cfg = OmegaConf.load(saved)
     require_trusted(cfg, saved)  # before get_class below imports what a shared folder names
-    cfg.merge_with_dotlist(overrides)
     OmegaConf.update(cfg, "paths.output_dir", str(run_dir))  # the saved value interpolates hydra:
+    return cfg
+
+
+def _load(run_dir: Path, cfg: DictConfig) -> tuple[PretrainingObjective, PretrainDataModule]:
+    """The run's exported model in its objective's module, and its data (for the held-out items)."""
+    from hydra.utils import get_class
+
+    from pretrainlab.build import build_datamodule
+    from pretrainlab.infer import load_run
+
     apply_offline(cfg.get("offline", True))  # as the run itself did (its data may be a hub name)
     settings = {
         k: v for k, v in OmegaConf.to_container(cfg.objective, resolve=True).items() if k != "_target_"
@@ -178,30 +199,224 @@ def evaluate_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     objective_cls: type[PretrainingObjective] = get_class(cfg.objective._target_)
     datamodule = build_datamodule(cfg, objective_cls)
     datamodule.setup()
-    metrics = evaluate_module(cfg, run.module, datamodule, run_dir)
+    return run.module, datamodule
+
+
+def evaluate_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """Re-evaluate a finished run's exported model with its saved config (plus overrides of
+    ``evaluation.*``), and merge the results into its metrics.json.
+
+    Overrides of the decoding do not belong in the training record: with one, only generation
+    is evaluated, into ``RUN/eval/<overrides>/`` (see ``evaluate_overrides``), and those metrics
+    are returned."""
+    if any(is_decoding_override(o) for o in overrides):
+        (folder,) = evaluate_overrides(run_dir, [overrides])
+        return json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    cfg = _saved_config(run_dir)
+    cfg.merge_with_dotlist(overrides)
+    module, datamodule = _load(run_dir, cfg)
+    metrics = evaluate_module(cfg, module, datamodule, run_dir)
     old = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     write_json_atomic(run_dir / "metrics.json", {**old, **metrics})
     return metrics
 
 
+# -- decodings evaluated after training, each into its own folder -----------------------------
+# Where evaluations with another decoding go, one folder per set of overrides.
+EVAL_DIR = "eval"
+# The evaluation settings generation reads: the only ones a decoding evaluation can change.
+GENERATION_SETTINGS = ("evaluation.num_prompts", "evaluation.prompt_tokens", "evaluation.seed")
+
+
+def is_decoding_override(override: str) -> bool:
+    """``decoding=top_p`` (the group) or ``decoding.<field>=...``: what only generation reads."""
+    key = override.split("=", 1)[0]
+    return key == "decoding" or key.startswith("decoding.")
+
+
+def eval_folder_name(overrides: list[str]) -> str:
+    """Hydra's ``override_dirname`` of the overrides (sorted, joined by commas): the same name
+    a sweep job with these overrides gets, so the folder says what was changed."""
+    return ",".join(sorted(overrides)).replace("/", "_")
+
+
+def evaluate_decodings(run_dir: Path, decodings: list[str], overrides: list[str] | None = None) -> list[Path]:
+    """Evaluate a finished run's model once per decoding (``conf/decoding`` names such as
+    ``top_p``), each into ``RUN/eval/decoding=<name>/``; the folders, in order.
+
+    What a training sweep over ``decoding`` calls at the end of a job, so a model is trained
+    once and judged under every strategy, instead of trained again per strategy. ``overrides``
+    (``decoding.*`` fields, ``evaluation.num_prompts`` ...) apply to every decoding. The run's own
+    metrics.json, samples.jsonl and .hydra/ are never written. Raises ValueError when the run
+    cannot generate (a masked run, an untrained [gMASK]) or a decoding is not valid for it.
+    """
+    return evaluate_overrides(Path(run_dir), [[f"decoding={d}", *(overrides or [])] for d in decodings])
+
+
+def evaluate_overrides(run_dir: Path, jobs: list[list[str]]) -> list[Path]:
+    """One evaluation per override list, each with a decoding override, into its own folder
+    ``RUN/eval/<override dirname>/`` (metrics.json, samples.jsonl, config.yaml).
+
+    Only generation runs: cloze, continuation, probe and fine-tuning do not depend on the
+    decoding and stay in the run's own metrics.json. Every job's config is checked before the
+    model loads, and the model loads once for all of them.
+    """
+    from hydra.utils import get_class
+
+    run_dir = Path(run_dir)
+    saved = _saved_config(run_dir)
+    configs = [_decoding_job_config(saved, job) for job in jobs]
+    objective_cls: type[PretrainingObjective] = get_class(saved.objective._target_)
+    if not objective_cls.generative:
+        raise ValueError(
+            f"objective={objective_cls.name}: does not generate text, so a decoding has nothing to evaluate"
+        )
+    module, datamodule = _load(run_dir, saved)
+    module.eval()
+    problem = None if saved.get("baseline", False) else module.continuation_problem()
+    if problem is not None:
+        raise ValueError(f"generation is not evaluated for this run: {problem}")
+    folders = []
+    for job, cfg in zip(jobs, configs, strict=True):
+        metrics: dict[str, Any] = {
+            "status": "ok",
+            "objective": objective_cls.name,
+            "overrides": list(job),
+            "decoding_settings": OmegaConf.to_container(cfg.decoding, resolve=True),
+        }
+        samples = _generation_stage(cfg, module, datamodule, metrics)
+        folders.append(_write_eval_folder(run_dir / EVAL_DIR / eval_folder_name(job), cfg, metrics, samples))
+    return folders
+
+
+def _decoding_job_config(saved: DictConfig, job: list[str]) -> DictConfig:
+    """The run's config with one job's decoding (a ``conf/decoding`` option and/or fields) and
+    generation settings; anything that would fail later is a ValueError now."""
+    from pretrainlab.config import _check_decoding
+
+    if not any(is_decoding_override(o) for o in job):
+        raise ValueError(f"{' '.join(job) or '(no overrides)'}: no decoding override")
+    others = [o for o in job if not is_decoding_override(o)]
+    for override in others:
+        key = override.split("=", 1)[0]
+        if key not in GENERATION_SETTINGS:
+            raise ValueError(
+                f"{key}: does not affect generation, the only stage a decoding override evaluates "
+                f"(here: {', '.join(GENERATION_SETTINGS)}); evaluate it without a decoding override"
+            )
+    groups = [o.split("=", 1)[1] for o in job if o.split("=", 1)[0] == "decoding"]
+    fields = [o for o in job if o.startswith("decoding.")]
+    name = groups[-1] if groups else saved.decoding.get("name")
+    composed = _compose_decoding([f"decoding={name}", *fields])
+    cfg = copy.deepcopy(saved)
+    if groups:
+        cfg.decoding = OmegaConf.create(composed)
+    else:  # fields change the run's own decoding (as it was saved), typed as Hydra types them
+        for field in fields:
+            key = field.split("=", 1)[0].split(".", 1)[1]
+            cfg.decoding[key] = composed[key]
+    cfg.merge_with_dotlist(others)
+    if not cfg.evaluation.generation:
+        raise ValueError("evaluation.generation=false: the run's config turns generation off")
+    _check_decoding(cfg)
+    return cfg
+
+
+def _compose_decoding(overrides: list[str]) -> dict[str, Any]:
+    """``conf/decoding`` composed with the overrides (an unknown option or field, a wrong type:
+    one line). Works inside a running Hydra job too (a training sweep calling
+    ``evaluate_decodings``), whose Hydra instance is set aside and put back."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pretrainlab.infer import decoding_config
+
+    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()
+    try:
+        return decoding_config(overrides)
+    finally:
+        GlobalHydra.instance().clear()
+        if outer is not None:
+            GlobalHydra.instance().initialize(outer)
+
+
+def _write_eval_folder(
+    folder: Path, cfg: DictConfig, metrics: dict[str, Any], samples: list[dict[str, Any]]
+) -> Path:
+    """Write the folder complete under a temporary name, then put it in place: an interrupted
+    evaluation leaves the previous folder (or none), never a half-written one."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    write_json_atomic(temporary / "metrics.json", metrics)
+    write_jsonl(temporary / "samples.jsonl", samples)
+    (temporary / "config.yaml").write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
+    old = None
+    if folder.exists():
+        old = folder.parent / f".{folder.name}-old-{os.getpid()}"
+        folder.rename(old)
+    temporary.rename(folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override lists to evaluate: one, or with ``-m`` one per combination of Hydra's sweep
+    syntax (``decoding=greedy,top_p``, ``range(...)``, ``choice(...)``)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        sweeps = [o for o in parsed if o.is_sweep_override()]
+        if not multirun:
+            if sweeps:
+                raise ValueError(f"{sweeps[0].input_line}: several values; add -m to evaluate each one")
+            return [list(overrides)]
+        (jobs,) = BasicSweeper.split_arguments(parsed, None)
+    except HydraException as err:
+        raise ValueError((str(err).strip().splitlines() or [type(err).__name__])[0]) from err
+    if not all(any(is_decoding_override(o) for o in job) for job in jobs):
+        raise ValueError(
+            "every job of -m needs a decoding override (-m evaluates decodings, each into RUN/eval/); "
+            "evaluate other settings without -m"
+        )
+    return jobs
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Evaluate a finished run again (e.g. after adding an evaluation), updating metrics.json."""
+    """Evaluate a finished run again: ``evaluation.*`` overrides (e.g. after adding an
+    evaluation) update its metrics.json; a decoding (``decoding=top_p``, ``-m
+    decoding=greedy,top_p``, ``decoding.temperature=0.7``) is evaluated into RUN/eval/<overrides>/
+    and leaves the training record alone."""
     parser = argparse.ArgumentParser(prog="pretrainlab-eval", description=main.__doc__)
     parser.add_argument("run_dir", type=Path, help="a finished run folder")
     parser.add_argument(
         "overrides",
         nargs="*",
-        help="evaluation settings, e.g. evaluation.cloze_per_k=128 evaluation.probe=false",
+        help="evaluation settings, e.g. evaluation.cloze_per_k=128 evaluation.probe=false, or a decoding: "
+        "decoding=top_p decoding.top_p=0.8",
     )
-    args = parser.parse_args(argv)
-    bad = [o for o in args.overrides if not o.startswith("evaluation.") and not o.startswith("decoding.")]
+    parser.add_argument(
+        "-m", "--multirun", action="store_true", help="one evaluation per value: -m decoding=greedy,top_p"
+    )
+    args = parser.parse_intermixed_args(argv)
+    bad = [o for o in args.overrides if not o.startswith("evaluation.") and not is_decoding_override(o)]
     if bad:
-        sys.exit(f"error: {bad[0]}: only evaluation.* and decoding.* settings can change here")
+        sys.exit(f"error: {bad[0]}: only evaluation.*, decoding and decoding.* settings can change here")
     try:
-        metrics = evaluate_run(args.run_dir, args.overrides)
+        jobs = _jobs(args.overrides, args.multirun)
+        if any(is_decoding_override(o) for o in jobs[0]):
+            folders = evaluate_overrides(args.run_dir, jobs)
+            result: Any = {
+                str(f): json.loads((f / "metrics.json").read_text(encoding="utf-8")) for f in folders
+            }
+        else:
+            result = evaluate_run(args.run_dir, jobs[0])
     except ValueError as err:
         sys.exit(f"error: {err}")
-    print(json.dumps(metrics, indent=2, ensure_ascii=False))
+    print(json.dumps(result, indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ Each objective answers in its own natural way: the masked model predicts every [
 token (transformers' fill-mask pipeline), seq2seq writes the span behind each sentinel,
 prefix (GLM) fills each blank autoregressively. Decoding settings come from the same
 ``conf/decoding`` group as training-time evaluation, with the same override syntax.
+
+torch and transformers are imported when the model loads, after everything that needs no model
+(the run folder, the command, the text, the decoding overrides) has been checked: a mistake
+there is one line at once, not after seconds of imports.
 """
 
 from __future__ import annotations
@@ -15,20 +19,19 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import OmegaConf
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, pipeline
 
 from pretrainlab import config_dir
 from pretrainlab.cli_errors import COMPOSITION_ERRORS, describe_composition_error
-from pretrainlab.data.tokenizer import MASK, NUM_SENTINELS
-from pretrainlab.generation.decode import generation_config
-from pretrainlab.models.backbones import max_positions_of
-from pretrainlab.objectives.base import PretrainingObjective
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from pretrainlab.objectives.base import PretrainingObjective
 
 OBJECTIVES = {
     "masked": "pretrainlab.objectives.masked.MaskedLM",
@@ -36,7 +39,9 @@ OBJECTIVES = {
     "seq2seq": "pretrainlab.objectives.seq2seq.Seq2SeqLM",
     "prefix": "pretrainlab.objectives.prefix.PrefixLM",
 }
-_MASK_RUN = re.compile(rf"(?:{re.escape(MASK)})+")
+# The objectives whose class is `generative` (continues text), known without importing them
+# (torch): a command they cannot serve is refused at once. tests/test_cli_startup.py checks it.
+GENERATIVE = frozenset({"causal", "seq2seq", "prefix"})
 _SENTINEL = re.compile(r"<extra_id_\d+>")
 # Model types whose positions are a learned table: a longer sequence indexes past its end.
 # Rotary (llama, the GLM backbone), ALiBi (bloom) and T5's relative buckets have no such end:
@@ -88,7 +93,7 @@ def run_objective(run_dir: str | Path) -> str:
 def check_command(objective: str, command: Command) -> None:
     """Refuse what the objective cannot do: the masked model does not continue text, the causal
     one has no blanks to fill."""
-    if command == "generate" and not get_class(OBJECTIVES[objective]).generative:
+    if command == "generate" and objective not in GENERATIVE:
         raise InferenceError(f"objective={objective}: cannot continue text; use pretrainlab-fill")
     if command == "fill" and objective == "causal":
         raise InferenceError("objective=causal: has no blanks to fill; use pretrainlab-generate")
@@ -103,9 +108,19 @@ def check_text(text: str, command: Command) -> None:
 def learned_position_limit(model: PreTrainedModel) -> int | None:
     """How many positions the model has, where they are a learned table (BERT, GPT-2): a longer
     input fails deep inside the model. None for models that run past their nominal maximum."""
+    from pretrainlab.models.backbones import max_positions_of
+
     if model.config.model_type not in LEARNED_POSITIONS:
         return None
     return max_positions_of(model.config)
+
+
+def generation_config(decoding: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    """transformers' ``GenerationConfig`` for ``decoding`` (see ``generation.decode``), imported
+    only when a model is there to decode with."""
+    from pretrainlab.generation.decode import generation_config as build
+
+    return build(decoding, tokenizer)
 
 
 def load_run(run_dir: str | Path, settings: dict[str, Any] | None = None) -> LoadedRun:
@@ -150,6 +165,10 @@ def fill(run: LoadedRun, text: str, top_k: int = 5, decoding: dict[str, Any] | N
     (score, token, token_str, sequence). seq2seq / prefix: a run of [MASK]s (or a sentinel)
     is one span of unknown length; one entry per span with the predicted tokens and text.
     """
+    from transformers import pipeline
+
+    from pretrainlab.data.tokenizer import MASK, NUM_SENTINELS
+
     check_command(run.objective, "fill")
     check_text(text, "fill")
     if run.objective == "masked":
@@ -167,7 +186,7 @@ def fill(run: LoadedRun, text: str, top_k: int = 5, decoding: dict[str, Any] | N
         return [result] if result and isinstance(result[0], dict) else result
     tok = run.tokenizer
     # A run of [MASK]s (or a sentinel) is one blank of unknown length: one [MASK] each.
-    text = _MASK_RUN.sub(MASK, _SENTINEL.sub(MASK, text))
+    text = re.sub(rf"(?:{re.escape(MASK)})+", MASK, _SENTINEL.sub(MASK, text))
     ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
     blanks = ids.count(tok.mask_token_id)
     if not blanks:
@@ -245,19 +264,16 @@ def _run_cli(
     becomes one ``error:`` line, exit 2.
 
     The objective (from metrics.json), the text and the decoding overrides are checked before
-    the model loads, so a mistake costs no load time. Offline throughout: everything comes from
-    the run folder.
+    the model loads (and before torch and transformers are imported), so a mistake costs no load
+    time. Offline throughout: everything comes from the run folder.
     """
-    from transformers.utils import logging as hf_logging
-
-    from pretrainlab.network import apply_offline
-
-    apply_offline(True)
-    hf_logging.disable_progress_bar()
     try:
         check_command(run_objective(args.run_dir), command)
         check_text(args.text, command)
         decoding = decoding_config(args.overrides)
+        _prepare_offline()
+        import torch
+
         torch.manual_seed(args.seed)
         main(load_run(args.run_dir), decoding)
     except (InferenceError, ValueError) as err:
@@ -265,6 +281,16 @@ def _run_cli(
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         print(f"error: {first_line}", file=sys.stderr)
         sys.exit(2)
+
+
+def _prepare_offline() -> None:
+    """No Hub access and no download progress bars: the model and tokenizer are in the run folder."""
+    from transformers.utils import logging as hf_logging
+
+    from pretrainlab.network import apply_offline
+
+    apply_offline(True)
+    hf_logging.disable_progress_bar()
 
 
 def fill_main(argv: list[str] | None = None) -> None:

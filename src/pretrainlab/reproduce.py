@@ -107,7 +107,7 @@ class RecordOverrides(Callback):
 
 
 def rerun(run_dir: Path, out: Path, config_text: str | None = None) -> int:
-    """Run ``pretrainlab.train`` on the saved config into ``out``; returns its exit status.
+    """Run ``pretrainlab-train`` on the saved config into ``out``; returns its exit status.
 
     ``config_text`` is the config as checked (default: read and checked here); it is the only
     file in the config folder the training process gets, so nothing else of the run folder
@@ -124,7 +124,7 @@ def rerun(run_dir: Path, out: Path, config_text: str | None = None) -> int:
         command = [
             sys.executable,
             "-m",
-            "pretrainlab.train",
+            "pretrainlab.commands",  # pretrainlab-train's entry point
             "--config-path",
             str(config_path),
             "--config-name",

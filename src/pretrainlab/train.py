@@ -1,21 +1,20 @@
-"""``pretrainlab-train``: the Hydra entry point. Validate -> data -> objective -> fit -> evaluate -> export.
+"""One training run: validate -> data -> objective -> fit -> evaluate -> export.
 
-Returns the final validation loss, so a Hydra sweeper can optimise it.
+``pretrainlab-train``'s entry point is :mod:`pretrainlab.commands`, which validates the config
+before importing this module (torch, Lightning and transformers take seconds to import);
+``main`` and ``cli`` are importable from here too, and ``python -m pretrainlab.train`` runs it.
+The job returns its `optimized_metric` (default val/loss), so a Hydra sweeper can optimise it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -24,11 +23,10 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from pretrainlab import config_dir
 from pretrainlab.build import build_datamodule, build_objective
-from pretrainlab.callbacks import Interrupted, TokenThroughput, TrainingFailure, ValidationCurve
+from pretrainlab.callbacks import TokenThroughput, ValidationCurve
 from pretrainlab.checkpoint_io import AtomicCheckpointIO, remove_stale_checkpoint_temporaries
-from pretrainlab.cli_errors import composition_problem
+from pretrainlab.cli_errors import composition_problem  # noqa: F401 - importable from here, as before
 from pretrainlab.config import ConfigError, validate
 from pretrainlab.data.datamodule import PretrainDataModule
 from pretrainlab.distributed import is_rank_zero, launch_scope
@@ -37,7 +35,7 @@ from pretrainlab.evaluation.bookkeeping import bookkeeping_metrics, seq2seq_toke
 from pretrainlab.loggers import wandb_run_id
 from pretrainlab.network import apply_offline
 from pretrainlab.objectives.base import PretrainingObjective
-from pretrainlab.utils import print_config_tree, write_json_atomic
+from pretrainlab.utils import finish_wandb, print_config_tree, quiet_third_party, write_json_atomic
 
 log = logging.getLogger(__name__)
 # The tokenizer runs before DataLoader workers fork; its thread pool must not be inherited.
@@ -92,9 +90,13 @@ def start_wandb(logger_cfg: DictConfig, identity: dict[str, Any]) -> Any:
     from pretrainlab.network import quiet_wandb
 
     quiet_wandb(logger_cfg.get("mode"))  # before W&B starts: its telemetry ignores an offline mode
-    logger = instantiate(logger_cfg, **identity)
+    # Offline, W&B's ~35-line history/summary block at the end of the run (and its sync hints)
+    # repeat what metrics.json and the run folder hold: quiet, unless the config sets `settings`
+    # (`+logger.wandb.settings.quiet=false` brings the block back).
+    quiet = {} if logger_cfg.get("settings") is not None else {"settings": {"quiet": True}}
     if logger_cfg.get("mode") in ("offline", "disabled"):
-        return logger
+        return _instantiate_wandb(logger_cfg, **identity, **quiet)
+    logger = _instantiate_wandb(logger_cfg, **identity)
     try:
         logger.experiment  # noqa: B018 - starts the W&B run (rank 0 only)
     except Exception as err:  # noqa: BLE001 - W&B raises many kinds (CommError, UsageError, timeouts)
@@ -104,8 +106,22 @@ def start_wandb(logger_cfg: DictConfig, identity: dict[str, Any]) -> Any:
             type(err).__name__,
             first_line,
         )
-        _finish_wandb()
-        logger = instantiate(logger_cfg, **{**identity, "mode": "offline"})
+        finish_wandb()
+        logger = _instantiate_wandb(logger_cfg, **{**identity, "mode": "offline", **quiet})
+    return logger
+
+
+def _instantiate_wandb(logger_cfg: DictConfig, **kwargs: Any) -> Any:
+    """The configured W&B logger, without the setting that only makes W&B complain.
+
+    Lightning 2.6 always hands ``anonymous`` (None unless set) to ``wandb.init``, which W&B 0.31
+    answers on every start with "The anonymous setting has no effect and will be removed".
+    Values reach W&B as plain dicts and lists (it ignores a DictConfig of ``settings``).
+    """
+    logger = instantiate(logger_cfg, _convert_="all", **kwargs)
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and init.get("anonymous") is None:
+        init.pop("anonymous", None)
     return logger
 
 
@@ -159,14 +175,20 @@ def _float(value: torch.Tensor | float | None) -> float | None:
     return None if value is None else float(value)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """One run: every failure of user input is raised as ConfigError before training starts."""
+def train(cfg: DictConfig, *, validated: bool = False) -> dict[str, Any]:
+    """One run: every failure of user input is raised as ConfigError before training starts.
+
+    ``validated``: the caller (the entry point) has already run ``config.validate`` on ``cfg``.
+    """
     started = time.perf_counter()
-    validate(cfg)
+    if not validated:
+        validate(cfg)
     apply_offline(cfg.get("offline", True))  # configs saved before the key existed: offline
+    quiet_third_party()
     out = Path(cfg.paths.output_dir)
     if is_rank_zero():
         print_config_tree(cfg, out / "config_tree.log")
+        log.info("config: %s", out / "config_tree.log")
     pl.seed_everything(cfg.seed, workers=True)
     objective_cls: type[PretrainingObjective] = get_class(cfg.objective._target_)
 
@@ -278,75 +300,27 @@ def bookkeeping(cfg: DictConfig, module: PretrainingObjective, tokens: int) -> d
     )
 
 
-def _record_failure(cfg: DictConfig, err: BaseException) -> None:
-    """Leave the error in the run folder, so a sweep's report shows the job as failed."""
-    if not is_rank_zero():
-        return
-    try:
-        out = Path(cfg.paths.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "error.log").write_text("".join(traceback.format_exception(err)), encoding="utf-8")
-        first_line = (str(err).splitlines() or [""])[0]
-        write_json_atomic(
-            out / "metrics.json",
-            {
-                "status": "interrupted" if isinstance(err, Interrupted) else "failed",
-                "objective": cfg.objective.name,
-                "error": f"{type(err).__name__}: {first_line}",
-            },
-        )
-    except Exception:  # noqa: BLE001 - recording must never hide the original error
-        log.exception("could not record the failure in the run folder")
+# Kept importable from here: the entry point and its helpers moved to pretrainlab.commands.
+_finish_wandb = finish_wandb
+_FROM_COMMANDS = {
+    "main": "main",
+    "cli": "cli",
+    "_record_failure": "record_failure",
+    "_in_multirun": "_in_multirun",
+}
 
 
-def _in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+def __getattr__(name: str) -> Any:
+    """``pretrainlab.train.main``/``cli`` (and the old private helpers): the entry point's, looked up
+    when asked for, since :mod:`pretrainlab.commands` imports this module, not the other way round."""
+    if name in _FROM_COMMANDS:
+        from pretrainlab import commands
 
-
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float:
-    """Run one job. Bad input exits (status 2) with one line naming the key or file and no
-    traceback, a failure the user can act on (NaN loss) with one line and status 1; in a sweep
-    a failing job records its error and raises, so the sweep goes on to the others. SIGTERM or
-    Ctrl-C stops a sweep too, after the job in progress saved its state."""
-    try:
-        metrics = train(cfg)
-    except Exception as err:
-        _record_failure(cfg, err)
-        if isinstance(err, Interrupted):
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(err.exit_status)
-        if isinstance(err, ConfigError | TrainingFailure) and not _in_multirun():
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2 if isinstance(err, ConfigError) else 1)
-        raise
-    finally:
-        _finish_wandb()
-    summary = {k: metrics.get(k) for k in ("val/loss", "val/loss_initial", "train/tokens_per_s", "steps")}
-    print(json.dumps(summary))
-    return float(metrics["val/loss"])
-
-
-def _finish_wandb() -> None:
-    """Close the W&B run so the next job of a multirun starts its own."""
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
-
-
-def cli() -> None:
-    """``pretrainlab-train``: a plain run's config is composed first, so a bad group option,
-    a misspelt key or a wrong type is one ``error:`` line; flags (-m, --help, ...) go to Hydra."""
-    overrides = sys.argv[1:]
-    if overrides and not any(arg.startswith("-") for arg in overrides):
-        problem = composition_problem(overrides)
-        if problem is not None:
-            print(f"error: {problem}", file=sys.stderr)
-            sys.exit(2)
-    main()
+        return getattr(commands, _FROM_COMMANDS[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
+    from pretrainlab.commands import cli
+
     cli()

@@ -6,18 +6,21 @@ import ctypes
 import errno
 import functools
 import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
-from rich.syntax import Syntax
-from rich.tree import Tree
+
+# `PRETRAINLAB_PRINT_CONFIG=1`: also print the config tree at the start of a run (it always goes to
+# the run folder's config_tree.log).
+PRINT_CONFIG_VARIABLE = "PRETRAINLAB_PRINT_CONFIG"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -123,15 +126,80 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
-    """Show the resolved config as a rich tree, and keep a copy in the run folder."""
+def print_config_tree(cfg: DictConfig, save_to: Path | None = None, *, echo: bool | None = None) -> None:
+    """Keep the resolved config, as a tree, in the run folder; print it only when asked.
+
+    The tree is ~130 lines: printed at every start it buried what a run has to say, so by default
+    it only goes to ``save_to`` (``config_tree.log``). ``echo`` (default: the environment variable
+    ``PRETRAINLAB_PRINT_CONFIG`` set to 1/true/yes) prints it too.
+    """
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
     tree = Tree("config", guide_style="dim")
     for key, value in cfg.items():
         branch = tree.add(str(key), style="bold")
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
         branch.add(Syntax(text, "yaml", theme="ansi_dark"))
-    Console().print(tree)
+    if echo is None:
+        echo = os.environ.get(PRINT_CONFIG_VARIABLE, "").strip().lower() in ("1", "true", "yes")
+    if echo:
+        Console().print(tree)
     if save_to is not None:
         save_to.parent.mkdir(parents=True, exist_ok=True)
         with open(save_to, "w", encoding="utf-8") as f:
             Console(file=f, width=120, color_system=None).print(tree)
+
+
+def finish_wandb() -> None:
+    """Close the W&B run, so the next job of a multirun starts its own; a no-op when W&B was never
+    imported (the entry point calls this after every job, and must not import W&B for it)."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+# Messages of the libraries underneath that tell a pretrainlab user nothing they can act on, by
+# the logger that emits them: Lightning's advertisements for its cloud products (at every start)
+# and its note on every checkpoint save that it keeps the full training state (what resuming needs).
+THIRD_PARTY_NOISE = {
+    "pytorch_lightning.utilities.rank_zero": ("💡 Tip:",),
+    "lightning_fabric.utilities.rank_zero": ("💡 Tip:",),
+    "pytorch_lightning.trainer.connectors.checkpoint_connector": ("`weights_only` was not set",),
+}
+THIRD_PARTY_WARNINGS = (
+    # torch 2.13 deprecates LeafSpec, which Lightning 2.6's utilities/_pytree.py still uses.
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # torch.load's notes on its `weights_only` default: pretrainlab loads only checkpoints its own
+    # runs wrote (and passes weights_only=True where it calls torch.load itself).
+    r".*`?weights_only`?",
+)
+
+
+class _DropMessages(logging.Filter):
+    """Drops the log records whose message starts with one of ``prefixes``; the rest pass."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_third_party() -> None:
+    """Silence the known third-party noise of a run (``THIRD_PARTY_NOISE``, ``THIRD_PARTY_WARNINGS``).
+
+    Why: a run's output should be what pretrainlab and the user's settings have to say; tips and
+    deprecation notices repeat on every start and bury it. Only those messages are dropped: other
+    warnings, and everything pretrainlab logs, still appear. Calling it again changes nothing.
+    """
+    for name, prefixes in THIRD_PARTY_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(prefixes))
+    for message in THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)

@@ -1,22 +1,22 @@
 """A cartesian-product sweeper that knows which settings an objective ignores.
 
-It is Hydra's basic sweeper with three changes:
+It is Hydra's basic sweeper with two changes:
 - a combination that differs from an earlier one only in settings its objective does not
   use (``mask_probability`` for causal, ``decoding`` for masked; every ``objective.*``, optimizer
   and budget setting for a ``baseline=true`` job, which trains nothing) is not run again; it is
   recorded in ``sweep.json`` as a skipped duplicate of the job that covers it, and every job
   is launched without such settings (its ``launch`` in sweep.json), so its saved config,
   ``overrides.yaml`` and W&B name show them as not applicable;
-- a failing job does not stop the sweep: its error is in its run folder, the other jobs run,
-  and the sweep exits non-zero at the end naming the failed jobs;
-- when every job has run, the comparison report (``pretrainlab-compare``) is written.
+- a failing job does not stop the sweep: its error is in its run folder and the other jobs run.
+
+The comparison report and the line naming the failed jobs (exit status 1) are written at the end
+of every sweep, whatever the sweeper, by the ``pretrainlab.sweep_report.SweepReport`` callback.
 """
 
 # No `from __future__ import annotations`: Hydra loads plugin modules outside sys.modules,
 # where dataclasses cannot resolve string annotations.
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,6 @@ class PretrainlabSweeperConf:
     _target_: str = "hydra_plugins.pretrainlab_sweeper.pretrainlab_sweeper.PretrainlabSweeper"
     max_batch_size: int | None = None
     params: dict[str, str] | None = None
-    report: bool = True
 
 
 ConfigStore.instance().store(
@@ -103,10 +102,6 @@ def _ignored(key: str, ignored: tuple[str, ...]) -> bool:
 class PretrainlabSweeper(BasicSweeper):
     """Basic sweeper + skipping of meaningless combinations + surviving failed jobs."""
 
-    def __init__(self, max_batch_size: int | None, params: dict[str, str] | None = None, report: bool = True):
-        super().__init__(max_batch_size, params)
-        self.report = report
-
     def _ignored_keys(self, overrides: list[str]) -> tuple[str, ...]:
         assert self.hydra_context is not None and self.config is not None
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -137,34 +132,14 @@ class PretrainlabSweeper(BasicSweeper):
             log.info("%d of %d combinations skipped as duplicates (see sweep.json)", skipped, len(plan))
 
         returns: list[list[JobReturn]] = []
-        failed: list[str] = []
         # Each job is launched with its cleaned overrides: the settings its objective ignores are
         # left out, so its saved config, overrides.yaml and W&B name say "not applicable".
         batches = list(self.split_overrides_to_chunks([e["launch"] for e in launched], self.max_batch_size))
         start = 0
         for batch in batches:
             self.validate_batch_is_legal(batch)
-            results = list(self.launcher.launch(batch, initial_job_idx=start))
-            for number, result in enumerate(results, start=start):
-                if result.status == JobStatus.FAILED:
-                    failed.append(f"{number} ({result._return_value!r})")
+            # Unlike the basic sweeper, no result is read here: a failed job's error does not
+            # end the sweep (its run folder holds it; the report callback names it at the end).
+            returns.append(list(self.launcher.launch(batch, initial_job_idx=start)))
             start += len(batch)
-            returns.append(results)
-
-        if self.report:
-            self._write_report(sweep_dir)
-        if failed:
-            print(
-                f"error: {len(failed)} of {len(launched)} jobs failed: {'; '.join(failed)}", file=sys.stderr
-            )
-            sys.exit(1)
         return returns
-
-    @staticmethod
-    def _write_report(sweep_dir: Path) -> None:
-        try:
-            from pretrainlab.compare import main as compare
-
-            compare([str(sweep_dir)])
-        except Exception:  # noqa: BLE001 - the jobs' results are on disk either way
-            log.exception("could not write the sweep report; run pretrainlab-compare %s", sweep_dir)

@@ -10,7 +10,8 @@ rate, with which decoding".
 
 Layers, each importing only the ones before it: ``collect`` (reading a sweep folder),
 ``statistics`` (the paired bootstrap, pure numpy), ``ranking`` (best rows and ties),
-``table`` (rows grouped by seed), ``formatting`` (markdown/CSV), ``plots``, ``significance``
+``table`` (rows grouped by seed), ``formatting`` (the compact or full view, markdown/CSV),
+``plots`` (only along the settings a sweep varied), ``significance``
 (significance.csv and the report section), ``report`` (the files and the command). The pure
 pieces are public so notebooks and tests can reuse them without writing files.
 """
@@ -28,7 +29,16 @@ from pretrainlab.compare.collect import (
     is_baseline,
     is_number,
 )
-from pretrainlab.compare.formatting import display_cells, format_value, to_csv_frame, to_markdown
+from pretrainlab.compare.formatting import (
+    ALL,
+    HEADLINE,
+    compact_view,
+    display_cells,
+    format_value,
+    to_csv_frame,
+    to_markdown,
+    view_of,
+)
 from pretrainlab.compare.plots import (
     OBJECTIVE_COLOURS,
     PLOTS,
@@ -36,6 +46,7 @@ from pretrainlab.compare.plots import (
     plot_generation,
     plot_mask_probability,
     plot_val_loss,
+    run_colours,
 )
 from pretrainlab.compare.plots import (
     _series as _series,  # tests/test_sweep_launch.py reads the plot's series
@@ -63,10 +74,12 @@ from pretrainlab.compare.table import (
 )
 
 __all__ = [
+    "ALL",
     "CELL_NOTE",
     "CONFIG_KEYS",
     "ERROR_WIDTH",
     "FIXED",
+    "HEADLINE",
     "HIGHER_IS_BETTER",
     "LOWER_IS_BETTER",
     "OBJECTIVE_COLOURS",
@@ -84,6 +97,7 @@ __all__ = [
     "bootstrap_pairs",
     "build_table",
     "collect",
+    "compact_view",
     "direction",
     "display_cells",
     "display_names",
@@ -101,10 +115,12 @@ __all__ = [
     "plot_mask_probability",
     "plot_val_loss",
     "ranges_overlap",
+    "run_colours",
     "significance_frame",
     "significance_section",
     "swept_keys",
     "to_csv_frame",
     "to_markdown",
+    "view_of",
     "write_report",
 ]

@@ -39,6 +39,10 @@ FIXED = ("params", "tokens_seen", "wall_time_s")
 
 # Marks "key not there", where None would mean a null value.
 ABSENT = object()
+# A run's evaluations with other decodings (``pretrainlab-eval RUN decoding=...``), one folder each.
+EVAL_DIR = "eval"
+# metrics.json keys that depend on the decoding, besides gen/*.
+DECODING_METRICS = ("decoding", "decoding_settings", "eval/generation_s")
 
 
 class CompareError(ValueError):
@@ -53,7 +57,16 @@ def collect(sweep_dir: str | Path) -> list[Row]:
     ((step, tokens, loss) tuples), ``error`` (first line, or None), ``config`` (the
     ``CONFIG_KEYS`` found in .hydra/config.yaml), ``items`` (metric -> per-item scores from
     eval_items.jsonl; {} for runs written before it existed), ``duplicate_of`` and ``reason``
-    (skipped rows), ``covers`` (the overrides of the skipped combinations a job's row stands for).
+    (skipped rows), ``covers`` (the overrides of the skipped combinations a job's row stands for),
+    ``eval_of`` and ``evaluation`` (see below; None for a job's own row).
+
+    Each finished job's ``eval/<overrides>/`` folder (``pretrainlab-eval RUN decoding=...``: the
+    same model, evaluated with another decoding) is one more row right after the job's: its
+    ``dir`` is ``<job>/eval/<folder>``, ``eval_of`` the job, ``evaluation`` the folder name, its
+    overrides the job's with the decoding ones replaced by the folder's (``decoding`` is then
+    the folder's strategy), its metrics the job's decoding-independent ones (validation,
+    cloze, probe, ...) with the folder's generation metrics and ``decoding``, the job's
+    per-item scores, and no curve (the job's row draws it).
 
     A skipped combination whose job ran with exactly the combination's cleaned overrides (its
     ``launch`` in sweep.json: without the settings its objective ignores) is that job: it is
@@ -87,7 +100,11 @@ def collect(sweep_dir: str | Path) -> list[Row]:
         name = str(entry["dir"])
         listed[name] = _job_row(sweep / name, parse_overrides(entry.get("overrides") or []))
         rows.append(listed[name])
-    rows.extend(_job_row(path, {}) for path in job_dirs if path.name not in listed)
+        rows.extend(_eval_rows(listed[name], sweep / name))
+    for path in job_dirs:
+        if path.name not in listed:
+            rows.append(_job_row(path, {}))
+            rows.extend(_eval_rows(rows[-1], path))
     return rows
 
 
@@ -137,6 +154,8 @@ def _skipped_row(entry: dict[str, Any]) -> Row:
         "duplicate_of": None if entry.get("duplicate_of") is None else str(entry["duplicate_of"]),
         "reason": entry.get("reason"),
         "covers": [],
+        "eval_of": None,
+        "evaluation": None,
     }
 
 
@@ -156,6 +175,58 @@ def _job_row(path: Path, planned: dict[str, Any]) -> Row:
         "duplicate_of": None,
         "reason": None,
         "covers": [],
+        "eval_of": None,
+        "evaluation": None,
+    }
+
+
+def _eval_rows(job: Row, path: Path) -> list[Row]:
+    """A row per evaluation folder of a finished job (``EVAL_DIR/*/metrics.json``), by name."""
+    folder = path / EVAL_DIR
+    if job["status"] != "ok" or not folder.is_dir():
+        return []
+    found = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / "metrics.json").exists()
+    )
+    return [_eval_row(job, p) for p in found]
+
+
+def is_decoding_key(key: str) -> bool:
+    """An override of the decoding (the group or one of its fields)."""
+    return key == "decoding" or key.startswith("decoding.")
+
+
+def _decoding_dependent(key: str) -> bool:
+    """A metrics.json key measured with the run's decoding, which an evaluation folder replaces."""
+    return key.startswith("gen/") or key in DECODING_METRICS
+
+
+def _eval_row(job: Row, folder: Path) -> Row:
+    """The job's model under the decoding of one evaluation folder (see ``collect``)."""
+    evaluated, status, error = _read_metrics(folder)
+    listed = evaluated.get("overrides")
+    own = parse_overrides(listed if isinstance(listed, list) else folder.name.split(","))
+    overrides = {k: v for k, v in job["overrides"].items() if not is_decoding_key(k)}
+    metrics = {k: v for k, v in job["metrics"].items() if not _decoding_dependent(k)}
+    config = {**job["config"], **_read_config_file(folder / "config.yaml")}
+    if evaluated.get("decoding") is not None:
+        config["decoding.name"] = evaluated["decoding"]
+    return {
+        "dir": f"{job['dir']}/{EVAL_DIR}/{folder.name}",
+        "status": status,
+        "overrides": {**overrides, **own},
+        "metrics": {**metrics, **evaluated} if status == "ok" else evaluated,
+        "curve": [],
+        "error": error,
+        "config": config,
+        "items": job["items"] if status == "ok" else {},
+        "duplicate_of": None,
+        "reason": None,
+        "covers": [],
+        "eval_of": job["dir"],
+        "evaluation": folder.name,
     }
 
 
@@ -197,8 +268,13 @@ def _read_overrides(path: Path) -> dict[str, Any] | None:
 
 def _read_config(path: Path) -> dict[str, Any]:
     """The effective values of ``CONFIG_KEYS`` (plain YAML: interpolations are not resolved)."""
+    return _read_config_file(path / ".hydra" / "config.yaml")
+
+
+def _read_config_file(file: Path) -> dict[str, Any]:
+    """``CONFIG_KEYS`` found in one saved config; {} when it is missing or unreadable."""
     try:
-        config = yaml.safe_load((path / ".hydra" / "config.yaml").read_text(encoding="utf-8"))
+        config = yaml.safe_load(file.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return {}
     found: dict[str, Any] = {}

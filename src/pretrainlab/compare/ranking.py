@@ -3,7 +3,9 @@
 Two rows are "different" only when the evidence says so: by a paired bootstrap over the items
 both scored (and over seeds) when their runs kept per-item scores, else when their
 [mean − std, mean + std] seed ranges do not overlap. Baseline rows (no pretraining) are
-never a column's best: they answer "does pretraining help", not "which objective wins".
+never a column's best: they answer "does pretraining help", not "which objective wins". A
+column is marked only where some row is clearly behind the best: where every row ties with it
+(all values equal, e.g. an all-zero cloze score), bold would claim a winner there is not.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -85,11 +87,18 @@ def pair_tests(groups: Sequence[Row], metrics: Sequence[str], labels: Sequence[s
 
 @dataclass
 class Best:
-    """A column's best row, the rows marked with it, and whether a paired test decided any tie."""
+    """A column's best row, the rows tied with it, whether a paired test decided any tie, and
+    every candidate row (trained, with a value)."""
 
     row: int
     marked: set[int]
     paired: bool
+    candidates: set[int] = field(default_factory=set)
+
+    @property
+    def real(self) -> bool:
+        """Whether some candidate is clearly behind the best: only then is the best worth a mark."""
+        return bool(self.candidates - self.marked)
 
 
 def best_of(df: pd.DataFrame, column: str) -> Best | None:
@@ -131,15 +140,16 @@ def best_of(df: pd.DataFrame, column: str) -> Best | None:
             tied = ranges_overlap(mean, std, best_mean, best_std)
         if tied:
             marked.add(i)
-    return Best(best, marked, paired)
+    return Best(best, marked, paired, {i for i, _, _ in candidates})
 
 
 def best_rows(df: pd.DataFrame) -> dict[str, set[int]]:
-    """Row positions to mark per column: the best and every row tied with it."""
+    """Row positions to mark per column: the best and every row tied with it, in the columns
+    where the difference is real (not every row tied with the best)."""
     marks: dict[str, set[int]] = {}
     for column in [*FIXED, *df.attrs.get("metrics", [])]:
         best = best_of(df, column)
-        if best is not None:
+        if best is not None and best.real:
             marks[column] = best.marked
     return marks
 

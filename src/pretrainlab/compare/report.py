@@ -7,6 +7,7 @@ import argparse
 import fnmatch
 import shlex
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,17 @@ from pathlib import Path
 import pandas as pd
 
 from pretrainlab.compare.collect import CompareError, Row, collect
-from pretrainlab.compare.formatting import display_cells, numeric_headers, to_csv_frame, to_markdown
+from pretrainlab.compare.formatting import (
+    ALL,
+    display_cells,
+    legend,
+    md_escape,
+    numeric_headers,
+    seeds_note,
+    to_csv_frame,
+    to_markdown,
+    view_of,
+)
 from pretrainlab.compare.plots import (
     PLOTS,
     plot_generation,
@@ -33,7 +44,8 @@ SEED_NOTE = (
     "and every value whose range overlaps the best one's (a tie within the seed noise). Lower is better "
     "for loss, perplexity, bits per character, repetition and wall time; higher for distinct-n, accuracy, "
     "exact match, F1 and throughput; other columns (params, tokens, steps, length, spreads `*_std`, "
-    "evaluation timings `eval/*`) are not marked."
+    "evaluation timings `eval/*`) are not marked. A column where every row ties with the best (all "
+    "values equal, e.g. all 0) has no bold: no row is clearly better there."
 )
 PAIRED_NOTE = (
     "Columns with per-item scores ({columns}) are marked by a paired test instead: **bold** is the best "
@@ -56,9 +68,14 @@ PLOT_TITLES = {
 }
 PLOT_REASONS = {
     PLOTS[0]: "no job has a validation curve (curve.csv)",
-    PLOTS[1]: "no finished job has a mask probability, or no metric to plot",
-    PLOTS[2]: "no finished job has generation metrics (gen/*)",
+    PLOTS[1]: "the mask probability was not swept (no objective ran at two values or more), or no metric",
+    PLOTS[2]: "the decoding strategy was not swept (fewer than two with generation metrics gen/*)",
 }
+COMPACT_NOTE = (
+    "The table shows the swept settings and the headline metrics; every column is in "
+    "[report.csv](report.csv), and `--metrics all` shows them all here."
+)
+WIDTH = 120  # the compact table's printed width at most
 
 
 @dataclass
@@ -66,6 +83,7 @@ class Report:
     """What one report run produced, for printing."""
 
     table: pd.DataFrame
+    view: pd.DataFrame | None = None
     files: dict[str, Path] = field(default_factory=dict)
     skipped_plots: dict[str, str] = field(default_factory=dict)
     unmatched: list[str] = field(default_factory=list)
@@ -76,6 +94,9 @@ def write_report(
 ) -> dict[str, Path]:
     """Write report.md, report.csv, significance.csv (when runs kept item scores) and the plots
     into ``out_dir`` (default: the sweep folder).
+
+    ``metrics``: None for report.md's compact table, ``["all"]`` for every column, or the metrics
+    (globs allowed) to show; report.csv holds every column whatever it says.
 
     Returns file name -> path of every file written.
     """
@@ -93,12 +114,14 @@ def make_report(
     rows = collect(sweep)
     out = Path(out_dir) if out_dir is not None else sweep
     out.mkdir(parents=True, exist_ok=True)
-    table = build_table(rows, metrics)
-    report = Report(table)
-    if metrics is not None:
+    table = build_table(rows)
+    report = Report(table, view_of(table, metrics))
+    chosen = metrics is not None and ALL not in metrics
+    if chosen:
         known = metric_keys(rows)
         report.unmatched = [p for p in metrics if not any(fnmatch.fnmatchcase(k, p) for k in known)]
-    _write_plots(rows, table, out, selected=metrics is not None, report=report)
+    plotted = metric_keys(rows, metrics if chosen else None)
+    _write_plots(rows, plotted, out, selected=chosen, report=report)
     csv_path = out / "report.csv"
     to_csv_frame(table).to_csv(csv_path, index=False)
     written = {"report.md": out / "report.md", "report.csv": csv_path}
@@ -115,15 +138,14 @@ def make_report(
     return report
 
 
-def _write_plots(rows: Sequence[Row], table: pd.DataFrame, out: Path, selected: bool, report: Report) -> None:
-    """Draw each plot that has data; an old PNG of a plot with no data now is removed."""
+def _write_plots(rows: Sequence[Row], columns: list[str], out: Path, selected: bool, report: Report) -> None:
+    """Draw each plot whose dimension was swept; an old PNG of a plot not drawn now is removed."""
     keys = swept_keys(rows)
     names = display_names([k for k in keys if k != "seed"])
-    columns = table.attrs["metrics"]
     drawn = {
         PLOTS[0]: lambda p: plot_val_loss(rows, keys, names, p),
         PLOTS[1]: lambda p: plot_mask_probability(rows, plotted_metrics(columns, selected), keys, names, p),
-        PLOTS[2]: lambda p: plot_generation(rows, columns, p),
+        PLOTS[2]: lambda p: plot_generation(rows, columns, p, keys, names),
     }
     for name, draw in drawn.items():
         path = out / name
@@ -139,20 +161,22 @@ def _markdown(sweep: Path, command: str, rows: Sequence[Row], table: pd.DataFram
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in counts.items()) or "none"
+    shown = report.view if report.view is not None else table  # its notes and tests: its metrics
     parts = [
         f"# Sweep report: {sweep.resolve().name}",
         f"Produced by `{command}`.",
         f"{len(rows)} jobs and combinations: {summary}.",
-        to_markdown(table),
+        to_markdown(shown),
+        *_view_notes(shown),
         SEED_NOTE,
     ]
-    paired = paired_columns(table)
+    paired = paired_columns(shown)
     if paired:
         parts.append(PAIRED_NOTE.format(columns=", ".join(f"`{c}`" for c in paired)))
     if table.attrs.get("baseline_rows"):
         parts.append(BASELINE_NOTE)
     parts.append(CELL_NOTE)
-    section = significance_section(table)
+    section = significance_section(shown)
     if section:
         parts.append(section)
     parts.append("## Plots")
@@ -162,6 +186,18 @@ def _markdown(sweep: Path, command: str, rows: Sequence[Row], table: pd.DataFram
         else:
             parts.append(f"### {PLOT_TITLES[name]}\n\nNot drawn: {report.skipped_plots[name]}.")
     return "\n\n".join(parts) + "\n"
+
+
+def _view_notes(view: pd.DataFrame) -> list[str]:
+    """Under a compact table: what its short headers stand for, and the rows' errors and notes."""
+    if not view.attrs.get("compact"):
+        return []
+    names = legend(view, code="`")
+    notes = [" ".join(filter(None, [f"Columns: {names}." if names else "", seeds_note(view), COMPACT_NOTE]))]
+    lines = view.attrs.get("row_notes", [])
+    if lines:
+        notes.append("\n".join(f"- {md_escape(line)}" for line in lines))
+    return notes
 
 
 # -- command line -------------------------------------------------------------------------
@@ -176,7 +212,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="folder for the report files (default: the sweep folder)")
     parser.add_argument(
         "--metrics",
-        help="comma-separated metrics to show, in this order; glob patterns allowed (e.g. val/loss,gen/*)",
+        help=(
+            "the metrics to show, comma-separated, in this order, glob patterns allowed (e.g. "
+            "val/loss,gen/*), or 'all' for every column; default: a compact table of the headline "
+            "metrics (report.csv always has every column)"
+        ),
     )
     return parser
 
@@ -201,22 +241,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for pattern in report.unmatched:
         print(f"warning: --metrics {pattern!r} matches no metric", file=sys.stderr)
-    _print_table(report.table, Path(args.sweep_dir).resolve().name)
+    view = report.view if report.view is not None else report.table
+    _print_table(view, Path(args.sweep_dir).resolve().name)
     for path in report.files.values():
         print(f"wrote {path}")
     return 0
 
 
 def _print_table(df: pd.DataFrame, title: str) -> None:
+    """The table on the terminal; a compact view at most ``WIDTH`` columns wide, its seed spreads
+    on a second line of the cell, its legend and the rows' errors below it."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
+    compact = bool(df.attrs.get("compact"))
     headers, cells, marks = display_cells(df)
+    if compact:
+        cells = [[text.replace(" ± ", "\n± ") for text in line] for line in cells]
     numeric = numeric_headers(df)
     table = Table(title=f"sweep {title}")
+    text_columns = {"objective", df.attrs.get("objective_column")} - {None}
     for header in headers:
-        table.add_column(header, justify="right" if header in numeric else "left")
+        table.add_column(
+            header,
+            justify="right" if header in numeric else "left",
+            overflow="fold",  # never an ellipsis for a number
+            no_wrap=compact and header not in text_columns,  # only names wrap, at their spaces
+        )
     styles = {"ok": "green", "failed": "red", "missing": "magenta", "skipped": "yellow"}
     baselines = set(df.attrs.get("baseline_rows", ()))
     for position, line in enumerate(cells):
@@ -231,8 +283,20 @@ def _print_table(df: pd.DataFrame, title: str) -> None:
             else:
                 styled.append(escape(text))
         table.add_row(*styled)
-    # Never squeeze a column to a few characters: a line too long for the terminal wraps instead.
-    needed = sum(max([len(h), *(len(c[i]) for c in cells)]) + 3 for i, h in enumerate(headers)) + 1
+    widths = [
+        max(len(part) for text in [h, *(c[i] for c in cells)] for part in text.split("\n"))
+        for i, h in enumerate(headers)
+    ]
+    needed = sum(w + 3 for w in widths) + 1
     console = Console()
-    console.width = max(console.width, needed)
+    # The full table never squeezes a column to a few characters: a line too long for the
+    # terminal wraps instead. The compact one fits WIDTH columns, wrapping a cell if it must.
+    console.width = min(needed, WIDTH) if compact else max(console.width, needed)
     console.print(table)
+    if compact:
+        names = legend(df)
+        note = " ".join(filter(None, [f"{names}." if names else "", seeds_note(df)]))
+        below = [f"{note} Every column: report.csv, or --metrics all.".lstrip()]
+        below += df.attrs.get("row_notes", [])
+        for text in filter(None, below):
+            print(textwrap.fill(text, WIDTH, subsequent_indent="  "))

@@ -118,6 +118,15 @@ def swept_keys(rows: Sequence[Row]) -> list[str]:
     return [k for k in keys if len({repr(o.get(k, ABSENT)) for o in known}) > 1]
 
 
+def varied_keys(rows: Sequence[Row], keys: Sequence[str]) -> list[str]:
+    """The swept keys whose effective value differs between the rows it applies to: a row
+    without the override has config.yaml's value, where null means "does not apply" (causal's
+    mask probability), so 4 objectives at one mask probability vary only in objective."""
+    known = [r for r in rows if r["overrides"]]
+    values = {k: {repr(r["overrides"].get(k, r["config"].get(k, ABSENT))) for r in known} for k in keys}
+    return [k for k in keys if len(values[k] - {repr(None)}) > 1]
+
+
 def display_names(keys: Sequence[str], taken: Iterable[str] = ()) -> dict[str, str]:
     """Drop ``objective.``/``model.`` from a key when no other column would get the same name."""
     full = set(keys) | set(taken)
@@ -160,7 +169,8 @@ def build_table(rows: Sequence[Row], metrics: Sequence[str] | None = None) -> pd
     metrics (the seed spread beside each when seeds were merged, named in
     ``attrs["std_columns"]``), then ``error`` and ``note`` when any row has one. Null metrics
     ("not applicable") are NaN like blanks; ``attrs["not_applicable"]`` lists them per column.
-    ``attrs`` also holds ``swept``/``metrics`` (column groups), ``baseline_rows``, ``baseline_of``
+    ``attrs`` also holds ``swept``/``metrics`` (column groups), ``varied`` (the swept settings
+    whose effective values differ where they apply), ``baseline_rows``, ``baseline_of``
     (baseline row -> its trained rows), ``objective_column``, ``labels`` (short row names) and
     ``significance`` (the paired test of every pair of finished rows, per metric with items).
     """
@@ -200,6 +210,7 @@ def build_table(rows: Sequence[Row], metrics: Sequence[str] | None = None) -> pd
     labels = _labels(grouped, [k for k in keys if k != BASELINE], names)
     df.attrs.update(
         swept=[names[k] for k in keys],
+        varied=[names[k] for k in varied_keys(rows, keys) if k != BASELINE],
         metrics=columns,
         not_applicable=not_applicable,
         std_columns=std_columns,

@@ -1,6 +1,7 @@
 """What a decoding strategy produces, measured the same way for every generative objective.
 
-Held-out prefixes are continued with the run's decoding strategy; the samples are scored
+Held-out prefixes are continued with the run's decoding strategy (or, with ``pretrainlab-eval
+RUN decoding=...``, any other one, on the same trained model); the samples are scored
 for diversity (distinct-n), degeneration (repeated 4-grams), length, and the model's own
 perplexity of what it wrote.
 """
@@ -11,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from transformers import GenerationConfig
 
 from pretrainlab.objectives.base import PretrainingObjective
@@ -51,10 +53,25 @@ def self_perplexity(
 
 
 def evaluate_generation(
-    module: PretrainingObjective, prompts: Sequence[list[int]], config: GenerationConfig, decoding: str
+    module: PretrainingObjective,
+    prompts: Sequence[list[int]],
+    config: GenerationConfig,
+    decoding: str,
+    seed: int | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Continue every prompt once; return flat ``gen/*`` metrics and the samples as records."""
-    samples = [module.continue_ids(list(p), config)[0] for p in prompts]
+    """Continue every prompt once; return flat ``gen/*`` metrics and the samples as records.
+
+    With ``seed``, sampling draws from a generator seeded with it (the caller's random state is
+    left as it was): the samples of a sampling decoding then depend on the model, the prompts
+    and the seed alone, not on what ran before, so ``pretrainlab-eval RUN decoding=top_p`` repeats
+    exactly what a training run with ``decoding=top_p`` wrote, and repeats itself.
+    """
+    if seed is None:
+        samples = [module.continue_ids(list(p), config)[0] for p in prompts]
+    else:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            torch.manual_seed(seed)
+            samples = [module.continue_ids(list(p), config)[0] for p in prompts]
     metrics = {
         "decoding": decoding,
         "gen/distinct_1": distinct_n(samples, 1),

@@ -476,3 +476,29 @@ def test_a_rerun_in_a_sweep_folder_is_not_one_of_its_jobs(tmp_path: Path, in_swe
         (folder / RERUN_MARKER).write_text(json.dumps({"run_dir": str(sweep / "2")}), encoding="utf-8")
     rows = collect(sweep)
     assert [r["dir"] for r in rows] == (["0", "1", "2"] if in_sweep else ["0", "1", "2", "7", "2-again"])
+
+
+def test_a_resumed_job_is_the_same_setting_not_a_resume_column(tmp_path: Path) -> None:
+    """`resume=RUN` lands in a resumed job's overrides.yaml; it is not something the sweep varied."""
+    from pretrainlab.compare.collect import collect
+
+    mask = ["objective=masked", "objective.mask_probability"]
+    write_job(
+        tmp_path,
+        0,
+        [f"{mask[0]}", f"{mask[1]}=0.15"],
+        config_of("masked", 0.15),
+        ok_metrics("masked", 5.0, None, 0.1),
+    )
+    write_job(
+        tmp_path,
+        1,
+        [f"{mask[0]}", f"{mask[1]}=0.4", f"resume={tmp_path / '1'}"],
+        config_of("masked", 0.4),
+        ok_metrics("masked", 4.0, None, 0.1),
+    )
+    rows = collect(tmp_path)
+    assert [row["overrides"] for row in rows] == [
+        {"objective": "masked", "objective.mask_probability": 0.15},
+        {"objective": "masked", "objective.mask_probability": 0.4},
+    ]

@@ -258,12 +258,18 @@ def _read_items(path: Path) -> dict[str, ItemScores]:
 
 
 def _read_overrides(path: Path) -> dict[str, Any] | None:
+    """The settings a job ran with. ``resume=`` is left out: a resumed job is the same job (its
+    result equals the uninterrupted one's), and where it continued from is not a setting."""
     file = path / ".hydra" / "overrides.yaml"
     try:
         items = yaml.safe_load(file.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return None
-    return parse_overrides(items) if isinstance(items, list) else None
+    if not isinstance(items, list):
+        return None
+    overrides = parse_overrides(items)
+    overrides.pop("resume", None)
+    return overrides
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -53,6 +53,11 @@ from pretrainlab.objectives.base import IGNORE
 OBJECTIVES = {"masked": "bert", "causal": "llama"}
 LR, BETAS, EPS, WEIGHT_DECAY, WARMUP, CLIP = 1e-3, (0.9, 0.98), 1e-6, 0.01, 0.05, 1.0
 VAL_BATCHES = 8
+# What the up-front message says a whole command takes on 2 idle CPU cores with an empty
+# inductor cache: estimates, not yet measured end to end (a quick run on cores shared ~3x took
+# 15 minutes up to the start-up measurements).
+QUICK_MINUTES, FULL_MINUTES = 6, 28
+STARTUP_KEYS = ("first_step_cold_s", "first_step_warm_s", "break_even_steps_cold", "break_even_steps_warm")
 
 
 class ComparisonError(RuntimeError):
@@ -592,9 +597,11 @@ def preparation_times(setting: Setting, cache: Path, reps: int) -> dict[str, flo
     return {"cold_prep_s": cold_s, "cached_prep_s": cached_s}
 
 
-def first_step_seconds(setting: Setting, cache: Path, *extra: str) -> dict[str, float]:
+def first_step_seconds(
+    setting: Setting, cache: Path, *extra: str, env: dict[str, str] | None = None
+) -> dict[str, float]:
     """From starting ``pretrainlab-train`` (a new process) to the end of its first optimizer step,
-    with a warm data cache, and where that time goes."""
+    with a warm data cache, and where that time goes (``env``: more environment variables)."""
     with tempfile.TemporaryDirectory() as tmp:
         stamp = Path(tmp) / "first_step.json"
         command = [
@@ -611,7 +618,7 @@ def first_step_seconds(setting: Setting, cache: Path, *extra: str) -> dict[str, 
         ]
         root = Path(__file__).resolve().parents[1]
         path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PRETRAINLAB_CACHE": str(cache), "PYTHONPATH": path}
+        env = {**os.environ, "PRETRAINLAB_CACHE": str(cache), "PYTHONPATH": path, **(env or {})}
         started = time.time()
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:
@@ -624,6 +631,101 @@ def first_step_seconds(setting: Setting, cache: Path, *extra: str) -> dict[str, 
         "initial_validation_s": times["train_start"] - setup_end,
         "train_start_to_first_step_s": times["first_step"] - times["train_start"],
     }
+
+
+def compile_costs(setting: Setting, cache: Path, mode: Mode, plain: dict[str, float]) -> dict[str, Any]:
+    """C fast's start-up, cold and warm: ``pretrainlab-train`` with the C fast preset in a new
+    process, first with an empty inductor cache (``TORCHINDUCTOR_CACHE_DIR`` set to a new
+    folder: what a fresh machine pays), then again with the same folder (what every later run
+    pays). ``plain`` is C's start-up (no compilation) from ``first_step_seconds``."""
+    with tempfile.TemporaryDirectory() as inductor:
+        env = {"TORCHINDUCTOR_CACHE_DIR": inductor}
+        cold = first_step_seconds(setting, cache, *mode.c_fast, env=env)
+        warm = first_step_seconds(setting, cache, *mode.c_fast, env=env)
+    return {"objective": setting.objective, "C": plain, "C_fast_cold": cold, "C_fast_warm": warm}
+
+
+def break_even(extra_s: float, s_per_step: float, s_per_step_fast: float) -> float | None:
+    """Optimizer steps after which a run that starts ``extra_s`` later but steps faster has
+    caught up in wall time: 1 + extra / (saving per step); None when it never does."""
+    saving = s_per_step - s_per_step_fast
+    if extra_s <= 0:
+        return 1.0
+    return None if saving <= 0 else 1 + extra_s / saving
+
+
+def startup_rows(
+    costs: dict[str, Any], results: list[dict[str, Any]], headline: tuple[str, int]
+) -> dict[str, Any]:
+    """Per variant: first step cold and warm, compile time, steady rate, and C fast's break-even
+    step count against C (from the same command start, compilation included)."""
+    variants = next(
+        r["variants"]
+        for r in results
+        if (r["setting"]["objective"], r["setting"]["size"], r["setting"]["block"])
+        == (costs["objective"], *headline)
+    )
+    c, fast = variants["C"], variants["C_fast"]
+    plain, cold, warm = costs["C"], costs["C_fast_cold"], costs["C_fast_warm"]
+
+    def compile_s(run: dict[str, float]) -> float:
+        # C fast's first step beyond a steady one, less C's own beyond-steady first step.
+        own = plain["train_start_to_first_step_s"] - c["s_per_step"]
+        return run["train_start_to_first_step_s"] - fast["s_per_step"] - max(own, 0.0)
+
+    rows = {
+        "C": {
+            "first_step_cold_s": plain["first_step_s"],
+            "first_step_warm_s": plain["first_step_s"],
+            "compile_cold_s": 0.0,
+            "compile_warm_s": 0.0,
+            "s_per_step": c["s_per_step"],
+            "useful_tokens_per_s": c["useful_tokens_per_s"],
+        },
+        "C_fast": {
+            "first_step_cold_s": cold["first_step_s"],
+            "first_step_warm_s": warm["first_step_s"],
+            "compile_cold_s": compile_s(cold),
+            "compile_warm_s": compile_s(warm),
+            "s_per_step": fast["s_per_step"],
+            "useful_tokens_per_s": fast["useful_tokens_per_s"],
+            "break_even_steps_cold": break_even(
+                cold["first_step_s"] - plain["first_step_s"], c["s_per_step"], fast["s_per_step"]
+            ),
+            "break_even_steps_warm": break_even(
+                warm["first_step_s"] - plain["first_step_s"], c["s_per_step"], fast["s_per_step"]
+            ),
+        },
+    }
+    return {"objective": costs["objective"], "variants": rows, "raw": costs}
+
+
+def startup_table(rows: list[dict[str, Any]]) -> str:
+    """The start-up costs of compilation, one row per objective and variant."""
+    header = (
+        "| objective | variant | first step, empty inductor cache (s) | first step, warm (s) "
+        "| compile cold / warm (s) | s/step | useful tok/s | break-even vs C, cold / warm (steps) |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|\n"
+    )
+
+    def steps(value: float | None) -> str:
+        return "never" if value is None else f"{math.ceil(value)}"
+
+    lines = []
+    for row in rows:
+        for name, v in row["variants"].items():
+            even = (
+                f"{steps(v['break_even_steps_cold'])} / {steps(v['break_even_steps_warm'])}"
+                if "break_even_steps_cold" in v
+                else ""
+            )
+            lines.append(
+                f"| {row['objective']} | {name} | {v['first_step_cold_s']:.1f} "
+                f"| {v['first_step_warm_s']:.1f} | {v['compile_cold_s']:.1f} / {v['compile_warm_s']:.1f} "
+                f"| {v['s_per_step']:.3f} "
+                f"| {v['useful_tokens_per_s']:,.0f} | {even} |"
+            )
+    return header + "\n".join(lines)
 
 
 class FirstStepStamp(pl.Callback):
@@ -712,6 +814,20 @@ def main(argv: list[str] | None = None) -> None:
     batch = args.batch or mode.batch
     warmup = mode.warmup
     cache = Path(args.cache).expanduser()
+    fast_objectives = [] if args.no_fast else (["causal"] if args.quick else list(OBJECTIVES))
+    minutes = f"quick: about {QUICK_MINUTES}" if args.quick else f"full grid: about {FULL_MINUTES}"
+    print(
+        f"# {minutes} minutes on 2 idle CPU cores (longer on busy ones), with an empty inductor cache",
+        file=sys.stderr,
+        flush=True,
+    )
+    # Every run starts from an empty inductor cache (unless the user set one): C fast's
+    # in-process runs pay a fresh machine's compilation (outside their measured steps), and
+    # the numbers do not depend on what earlier runs left in the user's cache.
+    inductor = None
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        inductor = tempfile.TemporaryDirectory(prefix="benchmark-inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor.name
     results = []
     for objective in OBJECTIVES:
         for size in sizes:
@@ -727,6 +843,24 @@ def main(argv: list[str] | None = None) -> None:
     start_setting = Setting("causal", "small", 384, batch, steps)
     prep = preparation_times(start_setting, cache, reps=3)
     first_step = first_step_seconds(start_setting, cache, *mode.c)
+    startup = [
+        startup_rows(
+            compile_costs(
+                Setting(objective, *headline, batch, steps),
+                cache,
+                mode,
+                first_step
+                if objective == "causal"
+                else first_step_seconds(Setting(objective, *headline, batch, steps), cache, *mode.c),
+            ),
+            results,
+            headline,
+        )
+        for objective in fast_objectives
+    ]
+    if inductor is not None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        inductor.cleanup()
     # --quick leaves out the second start-up measurement (about 25 s) to stay under 5 minutes.
     first_step_validated = (
         None
@@ -734,6 +868,12 @@ def main(argv: list[str] | None = None) -> None:
         else first_step_seconds(start_setting, cache, *mode.c, "trainer.validate_at_start=true")
     )
     print(table(results))
+    if startup:
+        print()
+        print(startup_table(startup))
+        print("(first step: from starting pretrainlab-train to the end of its first optimizer step; cold: an")
+        print(" empty TORCHINDUCTOR_CACHE_DIR, warm: the same folder again; break-even: the step after which")
+        print(" C fast's run, compilation included, has caught up with C's in wall time)")
     summary = {
         "c_over_a_masked": ratio(results, "masked", *headline, "C", "A"),
         "c_over_a_causal": ratio(results, "causal", *headline, "C", "A"),
@@ -750,6 +890,12 @@ def main(argv: list[str] | None = None) -> None:
             if v["mfu"] is not None and (r["setting"]["size"], r["setting"]["block"]) == headline
         },
         "first_step_s": first_step["first_step_s"],
+        "startup": startup,
+        **{
+            f"{key}_{row['objective']}": row["variants"]["C_fast"][key]
+            for row in startup
+            for key in STARTUP_KEYS
+        },
         "first_step_breakdown": first_step,
         "first_step_s_with_initial_validation": first_step_validated and first_step_validated["first_step_s"],
         "first_step_with_initial_validation_breakdown": first_step_validated,

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 # Before `datasets`, `transformers` or `wandb` are imported by any test module: they read
 # these at import time. No test needs the network; `datasets` keeps its cache in a temp dir.
@@ -263,3 +263,30 @@ def run_cli(
     return subprocess.run(
         [*head, *command[1:]], capture_output=True, text=True, env=full_env, timeout=timeout
     )
+
+
+def wandb_records(log: Path) -> list[Any]:
+    """The protobuf ``Record``s of an offline ``run-<id>.wandb`` file (wandb 0.31 writes it from
+    its Go core and ships no Python reader), so tests read what a run wrote, not a mock.
+
+    A LevelDB-style log: a 7-byte ``:W&B`` header, then 32 KiB blocks of chunks, each with a
+    7-byte header: crc32 (4), length (2, little-endian), type (1 full, 2 first, 3 middle, 4 last).
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data = log.read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # the tail of a block too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records

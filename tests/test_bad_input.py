@@ -41,6 +41,16 @@ CASES = [
         "unknown group option", ("objective=foo",), r"objective=foo: no such option \(choose causal, masked"
     ),
     Case("unknown size", ("model=huge",), r"model=huge: no such option \(choose base, small, tiny\)"),
+    Case(
+        "schema given as an option",
+        ("objective=masked_schema",),
+        r"objective=masked_schema: no such option \(choose causal, masked, prefix, seq2seq\)$",
+    ),
+    Case(
+        "negative overfit batches",
+        ("trainer.overfit_batches=-1",),
+        r"trainer.overfit_batches=-1: must be a number of batches, a share of them, or 0 \(off\)$",
+    ),
     Case("misspelt key", ("objective.mask_probablity=0.2",), r"objective.mask_probablity: no such setting"),
     Case("wrong type", ("data.block_size=abc",), r"data.block_size: Value 'abc' of type 'str' could not be"),
     Case(
@@ -70,6 +80,16 @@ CASES = [
         r"data.block_size=100000: larger than the model's maximum positions",
     ),
     Case("batch size zero", ("data.batch_size=0",), r"data.batch_size=0: must be positive"),
+    Case(
+        "no tokenizing processes",
+        ("data.num_proc=0",),
+        r"data.num_proc=0: must be at least 1 \(or null: the usable cores\)$",
+    ),
+    Case(
+        "tokenizer sample of no documents",
+        ("tokenizer.max_training_documents=0",),
+        r"tokenizer.max_training_documents=0: must be at least 1 \(or null: all\)$",
+    ),
     Case(
         "learning rate zero",
         ("optimizer.optimizer.lr=0",),

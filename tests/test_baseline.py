@@ -16,8 +16,9 @@ from hydra import compose, initialize_config_dir
 from conftest import make_cfg, run_train, trained_run_overrides
 from hydra_plugins.pretrainlab_sweeper.pretrainlab_sweeper import ignored_settings, plan_jobs
 from pretrainlab import config_dir
-from pretrainlab.config import ConfigError, register_schemas, validate
+from pretrainlab.config import ConfigError, register_schemas
 from pretrainlab.evaluation.items import read_items
+from pretrainlab.validation import validate
 
 # Cheap evaluation: cloze and continuation only (the probe and fine-tuning have their own tests).
 QUICK_EVALUATION = (

@@ -64,3 +64,42 @@ def test_model_flops_count_matrices_attention_and_only_the_needed_head_positions
     head = d * d + vocab * d  # the head's transform, then the (tied) decoder
     masked = Setting("masked", "tiny", block, 2, steps=1)
     assert flops_per_token(bert, masked, 0.15) == pytest.approx(6 * body + attention + 6 * head * 0.15)
+
+
+def test_break_even_counts_the_steps_until_the_faster_run_has_caught_up():
+    """50 s later at 2.0 instead of 3.0 s/step: level after 51 steps; a slower step never is."""
+    from benchmarks.throughput import break_even
+
+    assert break_even(50.0, 3.0, 2.0) == pytest.approx(51.0)
+    assert break_even(-1.0, 3.0, 2.0) == 1.0
+    assert break_even(50.0, 2.0, 2.0) is None
+
+
+def test_the_startup_table_reports_cold_warm_compile_and_break_even_per_variant():
+    from benchmarks.throughput import startup_rows, startup_table
+
+    def stamp(first: float, train_to_first: float) -> dict:
+        return {"first_step_s": first, "train_start_to_first_step_s": train_to_first}
+
+    costs = {
+        "objective": "causal",
+        "C": stamp(10.0, 3.0),
+        "C_fast_cold": stamp(60.0, 52.0),
+        "C_fast_warm": stamp(15.0, 7.0),
+    }
+    rate = {"s_per_step": 2.0, "useful_tokens_per_s": 3000.0}
+    fast = {"s_per_step": 1.0, "useful_tokens_per_s": 6000.0}
+    results = [
+        {
+            "setting": {"objective": "causal", "size": "small", "block": 384},
+            "variants": {"C": rate, "C_fast": fast},
+        }
+    ]
+    rows = startup_rows(costs, results, ("small", 384))
+    c_fast = rows["variants"]["C_fast"]
+    assert c_fast["compile_cold_s"] == pytest.approx(52.0 - 1.0 - (3.0 - 2.0))
+    assert c_fast["compile_warm_s"] == pytest.approx(7.0 - 1.0 - 1.0)
+    assert c_fast["break_even_steps_cold"] == pytest.approx(1 + 50.0 / 1.0)
+    assert c_fast["break_even_steps_warm"] == pytest.approx(1 + 5.0 / 1.0)
+    table = startup_table([rows])
+    assert "| causal | C_fast | 60.0 | 15.0 | 50.0 / 5.0 | 1.000 | 6,000 | 51 / 6 |" in table

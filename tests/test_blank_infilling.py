@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from transformers import PreTrainedTokenizerFast
 
 from conftest import word_level_tokenizer
-from pretrainlab.config import ConfigError, validate
+from pretrainlab.config import ConfigError
 from pretrainlab.objectives.blank_infilling import (
     IGNORE_INDEX,
     BlankInfillingCollator,
@@ -17,6 +17,7 @@ from pretrainlab.objectives.blank_infilling import (
     reconstruct_from_parts,
 )
 from pretrainlab.objectives.prefix import PrefixLM
+from pretrainlab.validation import validate
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "</s>", "[sop]", "[eop]", "[gMASK]"]
 N_WORDS = 200

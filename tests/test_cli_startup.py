@@ -50,8 +50,8 @@ def run_entry(entry: str, argv: list[str], tmp_path: Path) -> tuple[dict, subpro
 def test_train_help_imports_nothing_heavy(tmp_path):
     seen, result = run_entry("pretrainlab.commands:cli", ["--help"], tmp_path)
     assert seen == {"code": 0, "heavy": []}
-    # Hydra still names the job "train" (the run folder's train.log, this header).
-    assert result.stdout.startswith("train is powered by Hydra.")
+    # The project's own help header (conf/hydra/default.yaml: hydra.help), not Hydra's.
+    assert result.stdout.startswith("pretrainlab-train: ")
     assert "objective: causal" in result.stdout  # the config groups are listed
 
 

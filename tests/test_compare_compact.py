@@ -139,6 +139,16 @@ def test_default_table_fits_120_columns_and_all_shows_every_metric(tmp_path: Pat
     assert "cloze/token_accuracy_k4" in "\n".join(full) and max(len(line) for line in full) > WIDTH
 
 
+def test_a_decoding_sweep_shows_what_decoding_changes_in_120_columns(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path / "sweep", decodings=("greedy", "top_k"))
+    compact = run(sweep, tmp_path / "compact")
+    assert max(len(line) for line in compact) <= WIDTH, "\n".join(compact)
+    header = next(line for line in compact if "val loss" in line)
+    for name in ("decoding", "distinct-2", "rep-4", "self-ppl", "length"):
+        assert name in header
+    assert "tok/s" not in header  # one model serves every decoding: its throughput makes room
+
+
 def test_a_failed_job_keeps_its_error_below_the_compact_table(tmp_path: Path) -> None:
     sweep = make_sweep(tmp_path / "sweep")
     error = "RuntimeError: CUDA out of memory. " + "Tried to allocate 20.00 GiB. " * 5

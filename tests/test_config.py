@@ -19,9 +19,10 @@ from transformers import PreTrainedTokenizerFast
 
 from pretrainlab import config_dir
 from pretrainlab.build import build_datamodule, build_objective
-from pretrainlab.config import ConfigError, validate
+from pretrainlab.config import ConfigError
 from pretrainlab.models.backbones import FAMILIES, backbone_config
 from pretrainlab.train import trainer_settings
+from pretrainlab.validation import validate
 
 ComposeCfg = Callable[..., DictConfig]
 CONF = config_dir()

@@ -94,3 +94,83 @@ def test_trained_causal_run_gives_finite_positive_bits_per_character(trained_run
     uniform = math.log2(len(tok)) * sum(len(c) for _, c in items) / characters
     assert bpc < 1.5 * uniform
     assert evaluate_continuation(module, items) == {"continuation/bpc": pytest.approx(bpc)}
+
+
+# -- batched scoring: each item's numbers are what it gets alone ---------------------------------
+
+
+def _untrained(name: str, family: str):
+    """A small randomly initialised module of the objective (every token id of TOK valid)."""
+    from types import SimpleNamespace
+
+    from conftest import special_word_tokenizer
+    from pretrainlab.models.backbones import backbone_config
+    from pretrainlab.objectives.causal import CausalLM
+    from pretrainlab.objectives.prefix import PrefixLM
+    from pretrainlab.objectives.seq2seq import Seq2SeqLM
+
+    tok = special_word_tokenizer(40)
+    size = SimpleNamespace(
+        hidden_size=64, n_layers=2, n_heads=4, intermediate_size=256, max_position_embeddings=64, dropout=0.0
+    )  # intermediate 4 x hidden: what Bloom requires
+    cls = {"causal": CausalLM, "seq2seq": Seq2SeqLM, "prefix": PrefixLM}[name]
+    torch.manual_seed(0)
+    return cls(model=cls.model_from_config(backbone_config(family, size, tok)), tokenizer=tok)
+
+
+def _varied_items(tok) -> list[tuple[list[int], list[int]]]:
+    """Prefixes of 1-12 words and continuations of 0-10: rows of a batch differ in both."""
+    g = torch.Generator().manual_seed(0)
+    words = tok.convert_tokens_to_ids([f"w{i}" for i in range(40)])
+
+    def draw(n: int) -> list[int]:
+        return [words[j] for j in torch.randint(0, 40, (n,), generator=g).tolist()]
+
+    mixed = [(draw(1 + i % 12), draw((3 * i) % 11)) for i in range(23)]
+    return mixed + [(draw(6), draw(8)) for _ in range(9)]  # as held-out items: many of one shape
+
+
+@pytest.mark.parametrize(
+    ("name", "family"),
+    [("causal", "llama"), ("causal", "gpt2"), ("causal", "bloom"), ("seq2seq", "t5"), ("prefix", "llama")],
+)
+def test_batched_scores_are_each_items_own(name, family):
+    from pretrainlab.evaluation.continuation import continuation_item_scores, continuation_nll_batch
+
+    module = _untrained(name, family)
+    items = _varied_items(module.tokenizer)
+    module.eval()
+    alone = [module.continuation_nll(p, c) for p, c in items]
+    # Mixed lengths padded into one batch: each item's numbers to float32 rounding.
+    padded = continuation_nll_batch(module, items, batch_size=4, same_shape=False)
+    assert [len(n) for n in padded] == [len(c) for _, c in items]
+    for one, many in zip(alone, padded, strict=True):
+        torch.testing.assert_close(many, one, rtol=1e-5, atol=1e-5)
+    # The default batches one shape at a time: nothing padded (bit for bit where the matrix
+    # kernels round a batch as they round one row: llama, gpt2, bloom, GLM here; not T5).
+    for one, many in zip(alone, continuation_nll_batch(module, items, batch_size=4), strict=True):
+        torch.testing.assert_close(many, one, rtol=1e-6, atol=1e-6)
+    # The per-item scores (eval_items.jsonl): same items, ids, order and weights; bits to rounding.
+    module.train()
+    by_batch = continuation_item_scores(module, items, batch_size=4)
+    by_item = continuation_item_scores(module, items, batch_size=1)
+    assert module.training
+    assert by_batch.ids == by_item.ids and by_batch.weights == by_item.weights
+    assert len(by_batch.ids) == sum(1 for _, c in items if c)  # empty continuations are not scored
+    assert by_batch.scores == pytest.approx(by_item.scores, rel=1e-6)
+
+
+def test_a_module_with_its_own_scoring_is_asked_item_by_item():
+    """A subclass that scores continuations its own way is not replaced by the batched twin."""
+    from pretrainlab.evaluation.continuation import continuation_nll_batch
+    from pretrainlab.objectives.causal import CausalLM
+
+    class Scored(CausalLM):
+        def continuation_nll(self, prefix, continuation):
+            return torch.full((len(continuation),), float(len(prefix)))
+
+    base = _untrained("causal", "llama")
+    module = Scored(model=base.model, tokenizer=base.tokenizer)
+    items = _varied_items(module.tokenizer)
+    nll = continuation_nll_batch(module, items, batch_size=4)
+    assert [n.tolist() for n in nll] == [[float(len(p))] * len(c) for p, c in items]

@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from conftest import cli_args, run_cli, run_train
-from pretrainlab.config import ConfigError, validate
+from pretrainlab.config import ConfigError
+from pretrainlab.validation import validate
 
 KS = (1, 2, 4)
 
@@ -109,10 +110,10 @@ def test_continuing_through_an_untrained_gmask_is_not_reported(
 
 def test_a_generation_longer_than_the_trained_gmask_spans_is_warned_about(compose_cfg, caplog):
     cfg = compose_cfg("objective=prefix", "decoding.max_new_tokens=40")  # data.block_size=32
-    with caplog.at_level("WARNING", logger="pretrainlab.config"):
+    with caplog.at_level("WARNING", logger="pretrainlab.validation"):
         validate(cfg)
     assert "decoding.max_new_tokens=40" in caplog.text and "block position" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="pretrainlab.config"):
+    with caplog.at_level("WARNING", logger="pretrainlab.validation"):
         validate(compose_cfg("objective=prefix", "decoding.max_new_tokens=20"))
     assert caplog.text == ""

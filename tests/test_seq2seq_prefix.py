@@ -12,9 +12,10 @@ from omegaconf import OmegaConf
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, T5ForConditionalGeneration
 
 from pretrainlab.build import build_datamodule, build_objective
-from pretrainlab.config import ConfigError, validate
+from pretrainlab.config import ConfigError
 from pretrainlab.models.glm import GLMForBlankInfilling
 from pretrainlab.objectives.span_corruption import compute_input_and_target_lengths
+from pretrainlab.validation import validate
 
 
 def _prepared(cfg):

@@ -67,7 +67,7 @@ def test_the_causal_job_is_launched_without_the_mask_probability_it_ignores(swee
     assert sorted(objectives.values()) == ["causal", "masked", "masked"]
     for name, (objective, overrides) in ran.items():
         hydra_task = saved(sweep / name, "hydra.yaml")["hydra"]["overrides"]["task"]
-        assert hydra_task == overrides  # what W&B names the run after (train.wandb_identity)
+        assert hydra_task == overrides  # what W&B names the run after (wandb_logging.wandb_identity)
         if objective["name"] == "causal":
             assert not any(o.startswith("objective.mask_probability=") for o in overrides), overrides
             assert objective["mask_probability"] is None  # the schema's "not applicable"

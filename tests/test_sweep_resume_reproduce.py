@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import cli_args, run_cli
+from conftest import cli_args, run_cli, wandb_records
 from hydra_plugins.pretrainlab_sweeper.pretrainlab_sweeper import plan_jobs
 from pretrainlab.reproduce import compare_metrics
 
@@ -67,8 +67,11 @@ def test_sweep_runs_each_meaningful_combination_once_and_survives_a_failure(tiny
     plan = json.loads((sweep / "sweep.json").read_text())["jobs"]
     launched = [p for p in plan if p["status"] == "launched"]
     skipped = [p for p in plan if p["status"] == "skipped"]
-    # causal: 2 decodings (mask_probability ignored); prefix: 2 x 2.
-    assert len(plan) == 8 and len(launched) == 6 and len(skipped) == 2
+    evaluated = [p for p in plan if p["status"] == "evaluated"]
+    # causal: one model (mask_probability ignored), evaluated with both decodings; prefix: 2 x 2,
+    # its beam jobs unfolded (a decoding it cannot use fails as a job of its own).
+    assert len(plan) == 8 and len(launched) == 5 and len(skipped) == 2 and len(evaluated) == 1
+    assert evaluated[0]["launch"] == ["objective=causal", "decoding=beam"]
     statuses = {}
     for entry in launched:
         job = sweep / entry["dir"]
@@ -86,8 +89,8 @@ def test_sweep_runs_each_meaningful_combination_once_and_survives_a_failure(tiny
             )
     failed = [o for o, s in statuses.items() if s == "failed"]
     assert len(failed) == 2 and all("objective=prefix" in o and "decoding=beam" in o for o in failed)
-    assert sum(s == "ok" for s in statuses.values()) == 4
-    assert "2 of 6 jobs failed" in result.stderr.strip().splitlines()[-1]
+    assert sum(s == "ok" for s in statuses.values()) == 3
+    assert "2 of 5 jobs failed" in result.stderr.strip().splitlines()[-1]
     report = (sweep / "report.md").read_text()
     # The skipped causal combinations are the causal jobs that ran: one row each, no row of their own.
     lines = report.splitlines()
@@ -99,38 +102,8 @@ def test_sweep_runs_each_meaningful_combination_once_and_survives_a_failure(tiny
 
 
 def _wandb_records(run_dir: Path) -> list:
-    """Parse an offline ``run-*.wandb`` file: a LevelDB-style log of protobuf ``Record``s.
-
-    (wandb 0.31 writes it from its Go core and ships no Python reader.) Layout: a 7-byte
-    ``:W&B`` header, then 32 KiB blocks of chunks with a 7-byte header each: crc32 (4),
-    length (2, little-endian), type (1: full, 2: first, 3: middle, 4: last).
-    """
-    from wandb.proto import wandb_internal_pb2
-
     (log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    data = log.read_bytes()
-    assert data[:4] == b":W&B"
-    block, pos, pending, chunks = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:  # the tail of a block too short for a header is padding
-            pos += left
-            continue
-        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 2):
-            pending = chunk
-        elif kind in (3, 4):
-            pending += chunk
-        if kind in (1, 4):
-            chunks.append(pending)
-    records = []
-    for chunk in chunks:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(chunk)
-        records.append(record)
-    return records
+    return wandb_records(log)
 
 
 @pytest.mark.slow
@@ -151,7 +124,7 @@ def test_wandb_offline_runs_carry_group_job_type_name_and_samples_table(tiny_cor
     )
     assert result.returncode == 0, result.stderr[-2000:]
     run = next(r.run for r in _wandb_records(sweep / "0") if r.WhichOneof("record_type") == "run")
-    assert run.run_group == sweep.as_posix()
+    assert run.run_group == "/".join(sweep.parts[-3:])  # outside the launch folder: its last 3 parts
     assert run.job_type == "causal"
     assert "objective=causal" in run.display_name
     tables = list((sweep / "0").glob("wandb/offline-run-*/files/media/table/samples_*.table.json"))

@@ -203,3 +203,58 @@ def test_pretrained_missing_sentinels_gets_them_added(tmp_path: Path) -> None:
             before.convert_tokens_to_ids("w2"),
         ]
     assert tok.mask_token == "[MASK]"
+
+
+def test_training_says_when_it_starts_and_ends(docs: list[str], caplog: pytest.LogCaptureFixture):
+    """No progress bar (a bar is noise in a sweep's logs), but a start and an end line: how many
+    texts, the vocabulary asked for and made, and the seconds it took."""
+    with caplog.at_level(logging.INFO, logger="pretrainlab.data.tokenizer"):
+        tok = train_tokenizer(docs, vocab_size=300, min_frequency=2, model_max_length=64)
+        train_tokenizer((d for d in docs[:50]), vocab_size=300, min_frequency=2, model_max_length=64)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pretrainlab.data.tokenizer"]
+    info = [line for line in lines if line.startswith("tokenizer: ")]
+    assert len(info) == 4, lines
+    start, end, start_generator, end_generator = info
+    assert f"on {len(docs)} texts" in start and "vocab_size=300" in start and start.endswith("...")
+    assert re.search(rf"trained on {len(docs)} texts in \d+\.\d s: a vocabulary of {len(tok)} tokens", end)
+    assert end.endswith("(vocab_size=300 asked)")
+    assert "vocab_size=300" in start_generator  # a generator's length is known only at the end
+    assert "trained on 50 texts" in end_generator
+
+
+def test_training_streams_a_split_in_batches_with_a_progress_bar(
+    docs: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The texts come from the split on disk a batch at a time (never the whole corpus as a list),
+    with a bar counting them that obeys datasets' progress-bar switch; the vocabulary is the one
+    a list of the same texts gives."""
+    import datasets
+    from datasets import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
+
+    import pretrainlab.data.tokenizer as tokenizer_module
+
+    split = datasets.Dataset.from_dict({"text": docs})
+    widest: list[int] = []
+    real_iter = datasets.Dataset.iter
+
+    def iter_spy(self, batch_size, *args, **kwargs):
+        widest.append(batch_size)
+        return real_iter(self, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(datasets.Dataset, "iter", iter_spy)
+    was_enabled = is_progress_bar_enabled()
+    enable_progress_bars()
+    try:
+        texts = tokenizer_module.DatasetTexts(split, "text", batch_size=64)
+        streamed = train_tokenizer(texts, vocab_size=300, min_frequency=2, model_max_length=64)
+        bar = capsys.readouterr().err
+        disable_progress_bars()
+        train_tokenizer(texts, vocab_size=300, min_frequency=2, model_max_length=64)
+        silent = capsys.readouterr().err
+    finally:
+        (enable_progress_bars if was_enabled else disable_progress_bars)()
+    assert widest and max(widest) == 64
+    assert re.search(rf"train tokenizer: 100%.*\b{len(docs)}/{len(docs)}\b", bar), bar
+    assert "train tokenizer" not in silent
+    listed = train_tokenizer(docs, vocab_size=300, min_frequency=2, model_max_length=64)
+    assert set(streamed.get_vocab()) == set(listed.get_vocab())

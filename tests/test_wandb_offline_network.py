@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wandb_records
 from pretrainlab.network import quiet_wandb
 
 
@@ -107,30 +108,8 @@ wandb.finish()
 
 
 def _wandb_records(run: Path) -> list:
-    """The protobuf ``Record``s of an offline ``run-*.wandb`` file (a LevelDB-style log: a 7-byte
-    header, then 32 KiB blocks of chunks, each with crc32 (4), length (2, LE) and type (1)).
-
-    Same layout as tests/test_sweep_resume_reproduce.py reads; wandb 0.31 ships no reader.
-    """
-    from wandb.proto import wandb_internal_pb2
-
     (log,) = run.glob("offline-run-*/run-*.wandb")
-    data = log.read_bytes()
-    assert data[:4] == b":W&B"
-    block, pos, pending, records = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # the tail of a block too short for a header is padding
-            pos += block - pos % block
-            continue
-        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-    return records
+    return wandb_records(log)
 
 
 def _key(item) -> str:

@@ -16,10 +16,11 @@ from transformers import PreTrainedTokenizerFast
 
 import pretrainlab.data.packing as packing
 import pretrainlab.data.tokenizer as tokenizer_module
-from pretrainlab.config import ConfigError, validate
+from pretrainlab.config import ConfigError
 from pretrainlab.data.tokenizer import CJK
 from pretrainlab.objectives.masked import MaskedLM, MaskedLMCollator
 from pretrainlab.train import build_datamodule, build_objective
+from pretrainlab.validation import validate
 
 ComposeCfg = Callable[..., DictConfig]
 IGNORE = -100

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +194,38 @@ def logging_step(trainer: pl.Trainer, step: int) -> bool:
     return step % max(trainer.log_every_n_steps, 1) == 0
 
 
+def flops_counter(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Callable[[int], float] | None:
+    """``train/flops`` after a number of corpus tokens, estimated as ``metrics.json`` estimates it
+    at the end (``train.bookkeeping``, the same functions), so that a logged row carries the
+    compute spent so far: FLOPs are the fair x-axis across model sizes as tokens are across
+    objectives. None for a module that is no pretrainlab objective, or a seq2seq run without
+    pretrainlab's data module (its block length sets the encoder/decoder split).
+    """
+    from pretrainlab.evaluation.bookkeeping import seq2seq_token_counts, training_flops
+
+    model, name = getattr(pl_module, "model", None), getattr(pl_module, "name", None)
+    if not isinstance(model, torch.nn.Module) or not isinstance(name, str):
+        return None
+    if name != "seq2seq":
+        return lambda tokens: training_flops(model, tokens, name)
+    data = getattr(getattr(trainer, "datamodule", None), "data", None)
+    settings = getattr(pl_module, "settings", None)
+    try:
+        block_size = int(data.block_size)
+        noise, span = settings["mask_probability"], settings["mean_noise_span_length"]
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+    def seq2seq_flops(tokens: int) -> float:
+        encoder, decoder = seq2seq_token_counts(tokens, block_size, noise, span)
+        return training_flops(model, tokens, name, encoder_tokens=encoder, decoder_tokens=decoder)
+
+    return seq2seq_flops
+
+
 class TokenThroughput(pl.Callback):
-    """Tokens seen and non-padding training tokens per second.
+    """Tokens seen and non-padding training tokens per second; ``tokens_seen`` and ``train/flops``
+    on every training row the loggers write and on every validation row.
 
     The clock runs from the start of training and stops during validation, so the rate
     includes data loading and collation (what a user waits for) but not evaluation.
@@ -205,6 +236,21 @@ class TokenThroughput(pl.Callback):
         self.tokens = 0
         self.train_seconds = 0.0
         self._since: float | None = None
+        self._flops: Callable[[int], float] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Find how this module's FLOPs grow with tokens (fit and validate alike log rows)."""
+        self._flops = flops_counter(trainer, pl_module)
+
+    def _log_progress(self, pl_module: pl.LightningModule, **how: Any) -> None:
+        """``tokens_seen`` (the W&B x-axis) and ``train/flops`` on the row being logged.
+
+        float64: float32 (Lightning's default) counts tokens exactly only up to 2**24.
+        """
+        pl_module.log("tokens_seen", torch.tensor(float(self.tokens), dtype=torch.float64), **how)
+        if self._flops is not None:
+            flops = torch.tensor(self._flops(self.tokens), dtype=torch.float64)
+            pl_module.log("train/flops", flops, **how)
 
     def _pause(self) -> None:
         if self._since is not None:
@@ -216,6 +262,12 @@ class TokenThroughput(pl.Callback):
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pause()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Every validation row (before, during and after fit) says how far training had got:
+        # validations of runs with different steps per token line up on tokens.
+        if not trainer.sanity_checking:
+            self._log_progress(pl_module, on_step=False, on_epoch=True, batch_size=1)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A validation inside fit: the clock runs again. (`trainer.training` is still False
@@ -235,7 +287,7 @@ class TokenThroughput(pl.Callback):
         if not logging_step(trainer, trainer.global_step):  # already advanced to this step
             return
         elapsed = self.train_seconds + (time.perf_counter() - self._since if self._since else 0.0)
-        pl_module.log("tokens_seen", float(self.tokens), on_step=True, on_epoch=False)
+        self._log_progress(pl_module, on_step=True, on_epoch=False)
         if elapsed > 0:
             pl_module.log("train/tokens_per_s", self.tokens / elapsed, on_step=True, on_epoch=False)
 

@@ -244,13 +244,58 @@ def evaluate_decodings(run_dir: Path, decodings: list[str], overrides: list[str]
     """Evaluate a finished run's model once per decoding (``conf/decoding`` names such as
     ``top_p``), each into ``RUN/eval/decoding=<name>/``; the folders, in order.
 
-    What a training sweep over ``decoding`` calls at the end of a job, so a model is trained
-    once and judged under every strategy, instead of trained again per strategy. ``overrides``
-    (``decoding.*`` fields, ``evaluation.num_prompts`` ...) apply to every decoding. The run's own
-    metrics.json, samples.jsonl and .hydra/ are never written. Raises ValueError when the run
-    cannot generate (a masked run, an untrained [gMASK]) or a decoding is not valid for it.
+    What ``pretrainlab-eval RUN -m decoding=...`` does, so a model is trained once and judged
+    under every strategy. ``overrides`` (``decoding.*`` fields, ``evaluation.num_prompts`` ...)
+    apply to every decoding. The run's own metrics.json, samples.jsonl and .hydra/ are never
+    written. Raises ValueError when the run cannot generate (a masked run, an untrained
+    [gMASK]) or a decoding is not valid for it.
     """
     return evaluate_overrides(Path(run_dir), [[f"decoding={d}", *(overrides or [])] for d in decodings])
+
+
+def decoding_jobs(cfg: DictConfig) -> list[list[str]]:
+    """The evaluations ``evaluation.decodings`` asks of a training job (its own decoding left
+    out: the run's metrics.json has it), each checked now, before anything trains: an unknown
+    option or one the objective cannot use is one line instead of a failure after training."""
+    from hydra.utils import get_class
+
+    names = [str(n) for n in cfg.evaluation.get("decodings") or []]
+    jobs = [[f"decoding={n}"] for n in dict.fromkeys(names) if n != cfg.decoding.get("name")]
+    if not jobs:
+        return []
+    if not get_class(cfg.objective._target_).generative:
+        raise ValueError(
+            f"evaluation.decodings={names}: objective={cfg.objective.name} does not generate text"
+        )
+    for job in jobs:
+        _decoding_job_config(cfg, job)
+    return jobs
+
+
+def evaluate_trained_decodings(
+    cfg: DictConfig,
+    module: PretrainingObjective,
+    datamodule: PretrainDataModule,
+    out: Path,
+    metrics: dict[str, Any],
+) -> list[Path]:
+    """``evaluation.decodings`` at the end of a training job, with the model still in memory:
+    how a training sweep over ``decoding`` trains each model once (our sweeper folds the
+    combinations that differ only in ``decoding`` into one job that sets the key).
+
+    The time goes to ``metrics["eval/decodings_s"]``. A decoding that fails here leaves a
+    failed ``eval/`` folder (its error in its metrics.json) and the others go on: the training
+    record is written either way."""
+    jobs = decoding_jobs(cfg)
+    problem = None if cfg.get("baseline", False) else module.continuation_problem()
+    if jobs and problem is not None:
+        log.warning("evaluation.decodings: not evaluated (%s)", problem)
+        return []
+    if not jobs:
+        return []
+    names = ", ".join(job[0].split("=", 1)[1] for job in jobs)
+    with _stage(metrics, "decodings", f"generation with {len(jobs)} more decodings ({names})"):
+        return _evaluate_jobs(out, cfg, jobs, module, datamodule, keep_going=True)
 
 
 def evaluate_overrides(run_dir: Path, jobs: list[list[str]]) -> list[Path]:
@@ -265,34 +310,57 @@ def evaluate_overrides(run_dir: Path, jobs: list[list[str]]) -> list[Path]:
 
     run_dir = Path(run_dir)
     saved = _saved_config(run_dir)
-    configs = [_decoding_job_config(saved, job) for job in jobs]
+    for job in jobs:
+        _decoding_job_config(saved, job)
     objective_cls: type[PretrainingObjective] = get_class(saved.objective._target_)
     if not objective_cls.generative:
         raise ValueError(
             f"objective={objective_cls.name}: does not generate text, so a decoding has nothing to evaluate"
         )
     module, datamodule = _load(run_dir, saved)
-    module.eval()
     problem = None if saved.get("baseline", False) else module.continuation_problem()
     if problem is not None:
         raise ValueError(f"generation is not evaluated for this run: {problem}")
+    return _evaluate_jobs(run_dir, saved, jobs, module, datamodule)
+
+
+def _evaluate_jobs(
+    run_dir: Path,
+    saved: DictConfig,
+    jobs: list[list[str]],
+    module: PretrainingObjective,
+    datamodule: PretrainDataModule,
+    keep_going: bool = False,
+) -> list[Path]:
+    """Generate with each job's decoding into its ``eval/`` folder (see ``evaluate_overrides``);
+    ``keep_going``: a job that raises gets a failed folder (status, error) and the next one runs."""
+    module.eval()
     folders = []
-    for job, cfg in zip(jobs, configs, strict=True):
+    for job in jobs:
+        cfg = _decoding_job_config(saved, job)
         metrics: dict[str, Any] = {
             "status": "ok",
-            "objective": objective_cls.name,
+            "objective": module.name,
             "overrides": list(job),
             "decoding_settings": OmegaConf.to_container(cfg.decoding, resolve=True),
         }
-        samples = _generation_stage(cfg, module, datamodule, metrics)
-        folders.append(_write_eval_folder(run_dir / EVAL_DIR / eval_folder_name(job), cfg, metrics, samples))
+        folder = run_dir / EVAL_DIR / eval_folder_name(job)
+        try:
+            samples = _generation_stage(cfg, module, datamodule, metrics)
+        except Exception as err:
+            if not keep_going:
+                raise
+            log.error("evaluation: %s failed: %s: %s", folder.name, type(err).__name__, err)
+            metrics.update(status="failed", error=f"{type(err).__name__}: {err}")
+            samples = []
+        folders.append(_write_eval_folder(folder, cfg, metrics, samples))
     return folders
 
 
 def _decoding_job_config(saved: DictConfig, job: list[str]) -> DictConfig:
     """The run's config with one job's decoding (a ``conf/decoding`` option and/or fields) and
     generation settings; anything that would fail later is a ValueError now."""
-    from pretrainlab.config import _check_decoding
+    from pretrainlab.validation import check_decoding
 
     if not any(is_decoding_override(o) for o in job):
         raise ValueError(f"{' '.join(job) or '(no overrides)'}: no decoding override")
@@ -318,7 +386,7 @@ def _decoding_job_config(saved: DictConfig, job: list[str]) -> DictConfig:
     cfg.merge_with_dotlist(others)
     if not cfg.evaluation.generation:
         raise ValueError("evaluation.generation=false: the run's config turns generation off")
-    _check_decoding(cfg)
+    check_decoding(cfg)
     return cfg
 
 

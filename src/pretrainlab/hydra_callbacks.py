@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,19 @@ def _refuse(message: str) -> None:
     sys.exit(2)
 
 
-def first_difference(old: Any, new: Any, path: str = "") -> str | None:
-    """The first key (dotted) whose value differs between two plain configs, else None."""
+def first_difference(
+    old: Any, new: Any, path: str = "", tolerate: Callable[[str, bool, Any], bool] | None = None
+) -> str | None:
+    """The first key (dotted) whose value differs between two plain configs, else None.
+    ``tolerate(key, in_old, value)`` may excuse a key only one side has (``in_old``: the old one)."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new), key=str):
             where = f"{path}.{key}" if path else str(key)
             if key not in old or key not in new:
+                if tolerate is not None and tolerate(where, key in old, old[key] if key in old else new[key]):
+                    continue
                 return where
-            found = first_difference(old[key], new[key], where)
+            found = first_difference(old[key], new[key], where, tolerate)
             if found is not None:
                 return found
         return None
@@ -100,7 +106,12 @@ class RunDirGuard(Callback):
         new.pop("hydra", None)
         for cfg in (old, new):
             cfg.pop("resume", None)
-        difference = first_difference(old, new)
+        from pretrainlab.validation import one_sided_setting_is_harmless
+
+        # A key added or removed since the run was saved, whose absence meant what it holds now.
+        difference = first_difference(
+            old, new, tolerate=lambda *one_sided: one_sided_setting_is_harmless(config, folder, *one_sided)
+        )
         if difference is not None:
             _refuse(
                 f"resume={folder}: setting {difference} differs from the interrupted run; "

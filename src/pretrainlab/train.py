@@ -17,8 +17,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -27,15 +25,21 @@ from pretrainlab.build import build_datamodule, build_objective
 from pretrainlab.callbacks import TokenThroughput, ValidationCurve
 from pretrainlab.checkpoint_io import AtomicCheckpointIO, remove_stale_checkpoint_temporaries
 from pretrainlab.cli_errors import composition_problem  # noqa: F401 - importable from here, as before
-from pretrainlab.config import ConfigError, validate
+from pretrainlab.config import ConfigError
 from pretrainlab.data.datamodule import PretrainDataModule
 from pretrainlab.distributed import is_rank_zero, launch_scope
-from pretrainlab.evaluate import downstream_task, evaluate_module
+from pretrainlab.evaluate import (
+    decoding_jobs,
+    downstream_task,
+    evaluate_module,
+    evaluate_trained_decodings,
+)
 from pretrainlab.evaluation.bookkeeping import bookkeeping_metrics, seq2seq_token_counts
-from pretrainlab.loggers import wandb_run_id
 from pretrainlab.network import apply_offline
 from pretrainlab.objectives.base import PretrainingObjective
 from pretrainlab.utils import finish_wandb, print_config_tree, quiet_third_party, write_json_atomic
+from pretrainlab.validation import validate
+from pretrainlab.wandb_logging import build_wandb_logger, log_run_end
 
 log = logging.getLogger(__name__)
 # The tokenizer runs before DataLoader workers fork; its thread pool must not be inherited.
@@ -45,8 +49,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def trainer_settings(cfg: DictConfig, tokens_per_step: float) -> dict[str, Any]:
     """Trainer keyword arguments; a token budget (``trainer.max_tokens``) decides max_steps."""
     settings = OmegaConf.to_container(cfg.trainer, resolve=True)
-    if isinstance(settings["strategy"], dict):  # a strategy object, e.g. trainer=ddp's
-        settings["strategy"] = instantiate(cfg.trainer.strategy)
+    for key in ("strategy", "profiler"):  # objects, e.g. trainer=ddp's strategy, debug=profiler's profiler
+        if isinstance(settings.get(key), dict):
+            settings[key] = instantiate(cfg.trainer[key])
     for ours in ("compile", "validate_at_start", "checkpoint_every_n_steps"):  # pretrainlab's own
         settings.pop(ours, None)
     max_tokens = settings.pop("max_tokens")
@@ -66,78 +71,11 @@ def trainer_settings(cfg: DictConfig, tokens_per_step: float) -> dict[str, Any]:
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    """The configured loggers; a W&B run is named after the job and grouped by its sweep."""
-    loggers = []
-    for name, logger_cfg in cfg.logger.items():
-        if name == "wandb":
-            identity = {k: v for k, v in wandb_identity(cfg).items() if logger_cfg.get(k) is None}
-            if logger_cfg.get("id") is None and is_rank_zero():
-                # One W&B run per run folder: a resumed run continues it.
-                identity.update(id=wandb_run_id(cfg.paths.output_dir), resume="allow")
-            loggers.append(start_wandb(logger_cfg, identity))
-        else:
-            loggers.append(instantiate(logger_cfg))
-    return loggers
-
-
-def start_wandb(logger_cfg: DictConfig, identity: dict[str, Any]) -> Any:
-    """A W&B logger that cannot kill the run: online mode that fails to start falls back to offline.
-
-    The run is started here, not at the first metric, so that a missing login or network shows
-    up before training, as a warning, and the job (and the sweep around it) goes on with an
-    offline run that ``wandb sync`` can upload later.
-    """
-    from pretrainlab.network import quiet_wandb
-
-    quiet_wandb(logger_cfg.get("mode"))  # before W&B starts: its telemetry ignores an offline mode
-    # Offline, W&B's ~35-line history/summary block at the end of the run (and its sync hints)
-    # repeat what metrics.json and the run folder hold: quiet, unless the config sets `settings`
-    # (`+logger.wandb.settings.quiet=false` brings the block back).
-    quiet = {} if logger_cfg.get("settings") is not None else {"settings": {"quiet": True}}
-    if logger_cfg.get("mode") in ("offline", "disabled"):
-        return _instantiate_wandb(logger_cfg, **identity, **quiet)
-    logger = _instantiate_wandb(logger_cfg, **identity)
-    try:
-        logger.experiment  # noqa: B018 - starts the W&B run (rank 0 only)
-    except Exception as err:  # noqa: BLE001 - W&B raises many kinds (CommError, UsageError, timeouts)
-        first_line = (str(err).strip().splitlines() or [""])[0]
-        log.warning(
-            "W&B could not start online (%s: %s); logging offline instead (upload later with wandb sync)",
-            type(err).__name__,
-            first_line,
-        )
-        finish_wandb()
-        logger = _instantiate_wandb(logger_cfg, **{**identity, "mode": "offline", **quiet})
-    return logger
-
-
-def _instantiate_wandb(logger_cfg: DictConfig, **kwargs: Any) -> Any:
-    """The configured W&B logger, without the setting that only makes W&B complain.
-
-    Lightning 2.6 always hands ``anonymous`` (None unless set) to ``wandb.init``, which W&B 0.31
-    answers on every start with "The anonymous setting has no effect and will be removed".
-    Values reach W&B as plain dicts and lists (it ignores a DictConfig of ``settings``).
-    """
-    logger = instantiate(logger_cfg, _convert_="all", **kwargs)
-    init = getattr(logger, "_wandb_init", None)
-    if isinstance(init, dict) and init.get("anonymous") is None:
-        init.pop("anonymous", None)
-    return logger
-
-
-def wandb_identity(cfg: DictConfig) -> dict[str, Any]:
-    """group = the sweep (its experiment, else its folder), name = the job's overrides.
-
-    W&B dashboards then group the jobs of one sweep and tell them apart by what was swept.
-    """
-    if not HydraConfig.initialized():
-        return {}
-    hc = HydraConfig.get()
-    overrides = ",".join(o for o in hc.overrides.task if not o.startswith(("hydra.", "experiment=")))
-    experiment = hc.runtime.choices.get("experiment")
-    multirun = hc.mode == RunMode.MULTIRUN
-    group = experiment or (Path(hc.sweep.dir).as_posix() if multirun else None)
-    return {"group": group, "name": overrides or cfg.objective.name}
+    """The configured loggers; W&B's (identity, x-axis, run id) is :mod:`pretrainlab.wandb_logging`'s."""
+    return [
+        build_wandb_logger(cfg, logger_cfg) if name == "wandb" else instantiate(logger_cfg)
+        for name, logger_cfg in cfg.logger.items()
+    ]
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
@@ -193,12 +131,16 @@ def train(cfg: DictConfig, *, validated: bool = False) -> dict[str, Any]:
     objective_cls: type[PretrainingObjective] = get_class(cfg.objective._target_)
 
     task = downstream_task(cfg) if is_rank_zero() else None  # a bad labelled file: before training
+    try:  # evaluation.decodings: an unknown option, or a model that cannot generate
+        decoding_jobs(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     datamodule = build_datamodule(cfg, objective_cls)
     datamodule.setup()
     _check_batch_fits(cfg, datamodule)
     module = build_objective(cfg, datamodule)
     if cfg.trainer.get("compile", False):
-        module.compile_backbone()
+        module.compile_backbone(cfg.paths.cache_dir)
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = build_loggers(cfg)
@@ -249,12 +191,14 @@ def train(cfg: DictConfig, *, validated: bool = False) -> dict[str, Any]:
     if trainer.is_global_zero:
         metrics.update(evaluate_module(cfg, module, datamodule, out, loggers, task))
         module.export(out / "hf")
+        evaluate_trained_decodings(cfg, module, datamodule, out, metrics)
         metrics.update(
             wall_time_s=time.perf_counter() - started,
             best_checkpoint=best,
             data_cache_hit=datamodule.cache_hit,
         )
         write_json_atomic(out / "metrics.json", metrics)
+        log_run_end(loggers, metrics, out / "hf")  # W&B: the summary, the hf/ artifact
     return metrics
 
 

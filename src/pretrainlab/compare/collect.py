@@ -68,6 +68,10 @@ def collect(sweep_dir: str | Path) -> list[Row]:
     cloze, probe, ...) with the folder's generation metrics and ``decoding``, the job's
     per-item scores, and no curve (the job's row draws it).
 
+    A combination our sweeper ``evaluated`` on another job's model (it differs only in
+    ``decoding``: one model, trained once) is that job's ``eval/decoding=<option>`` row; a row
+    of its own, ``missing``, only when that folder was not written.
+
     A skipped combination whose job ran with exactly the combination's cleaned overrides (its
     ``launch`` in sweep.json: without the settings its objective ignores) is that job: it is
     folded into the job's row (``covers``) instead of being listed again. It keeps a row of its
@@ -85,6 +89,13 @@ def collect(sweep_dir: str | Path) -> list[Row]:
     rows: list[Row] = []
     listed: dict[str, Row] = {}
     for entry in plan or []:
+        if entry.get("status") == "evaluated":
+            # Trained once: its row is the eval/ folder of the job that trained the model.
+            job = listed.get(str(entry.get("evaluated_in")))
+            name = f"{job['dir']}/{EVAL_DIR}/{entry.get('evaluation')}" if job is not None else None
+            if not any(row["dir"] == name for row in rows):
+                rows.append(_not_evaluated_row(entry, name))
+            continue
         if entry.get("dir") is None:
             covering = listed.get(str(entry.get("duplicate_of")))
             launch = entry.get("launch")
@@ -157,6 +168,15 @@ def _skipped_row(entry: dict[str, Any]) -> Row:
         "eval_of": None,
         "evaluation": None,
     }
+
+
+def _not_evaluated_row(entry: dict[str, Any], folder: str | None) -> Row:
+    """A combination to be evaluated on another job's model whose ``eval/`` folder is not there
+    (that job failed, or still runs)."""
+    row = _skipped_row(entry)
+    where = folder or f"job {entry.get('evaluated_in')}"
+    row.update(status="missing", error=f"{where}: not written (its job failed or is still running)")
+    return row
 
 
 def _job_row(path: Path, planned: dict[str, Any]) -> Row:
@@ -259,7 +279,8 @@ def _read_items(path: Path) -> dict[str, ItemScores]:
 
 def _read_overrides(path: Path) -> dict[str, Any] | None:
     """The settings a job ran with. ``resume=`` is left out: a resumed job is the same job (its
-    result equals the uninterrupted one's), and where it continued from is not a setting."""
+    result equals the uninterrupted one's), and where it continued from is not a setting. So is
+    ``evaluation.decodings``: each decoding it asked for is a row of its own (its ``eval/`` folder)."""
     file = path / ".hydra" / "overrides.yaml"
     try:
         items = yaml.safe_load(file.read_text(encoding="utf-8"))
@@ -269,6 +290,7 @@ def _read_overrides(path: Path) -> dict[str, Any] | None:
         return None
     overrides = parse_overrides(items)
     overrides.pop("resume", None)
+    overrides.pop("evaluation.decodings", None)
     return overrides
 
 

@@ -31,6 +31,15 @@ HEADLINE = {
     "finetune/accuracy": "finetune",
     "train/tokens_per_s": "tok/s",
 }
+# Added to the compact view when the sweep varies the decoding (what a decoding changes; the
+# training throughput makes room: one model serves every decoding).
+DECODING_HEADLINE = {
+    "gen/distinct_2": "distinct-2",
+    "gen/repetition_4": "rep-4",
+    "gen/self_ppl": "self-ppl",
+    "gen/mean_length": "length",
+}
+COMPACT_COLUMNS = {**HEADLINE, **DECODING_HEADLINE}
 # What a reader must know to read a headline column.
 CAVEATS = {"val/loss": "each objective's own loss: not comparable across objectives"}
 FALLBACK_METRICS = 4  # what the compact view shows of a sweep without any headline metric
@@ -57,9 +66,13 @@ def compact_view(df: pd.DataFrame) -> pd.DataFrame:
     """The swept settings, ``seeds``, status and the headline metrics present (``HEADLINE``),
     under short headers (``attrs["headers"]``); errors and notes become ``attrs["row_notes"]``."""
     keys = df.attrs.get("metrics", [])
-    headline = [k for k in HEADLINE if k in keys] or list(keys[:FALLBACK_METRICS])
+    headers = dict(HEADLINE)
+    if "decoding" in df.attrs.get("swept", []):
+        headers.pop("train/tokens_per_s")
+        headers.update(DECODING_HEADLINE)
+    headline = [k for k in headers if k in keys] or list(keys[:FALLBACK_METRICS])
     view = _subset(df, headline, compact=True)
-    view.attrs.update(compact=True, headers={k: HEADLINE[k] for k in headline if k in HEADLINE})
+    view.attrs.update(compact=True, headers={k: headers[k] for k in headline if k in headers})
     view.attrs["row_notes"] = row_notes(df)
     if "seeds" in view and view["seeds"].nunique() == 1:  # every row: the same count, said once
         view.attrs["seeds"] = int(view["seeds"].iloc[0])
@@ -202,7 +215,7 @@ def display_cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]], dict[st
             elif position in not_applicable.get(column, ()):
                 line.append("n/a")
             else:
-                show = compact_value if compact and column in HEADLINE else format_value
+                show = compact_value if compact and column in COMPACT_COLUMNS else format_value
                 text = show(column, value)
                 std = df[spreads[column]].iloc[position] if column in spreads else math.nan
                 if text and not pd.isna(std):

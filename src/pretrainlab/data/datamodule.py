@@ -31,7 +31,7 @@ from pretrainlab.config import ConfigError
 from pretrainlab.data import manifest, packing, words
 from pretrainlab.data.corpus import TEXT, corpus_fingerprint, load_corpus
 from pretrainlab.data.sampling import StreamBatchSampler, StreamDataset
-from pretrainlab.data.tokenizer import build_tokenizer
+from pretrainlab.data.tokenizer import DatasetTexts, build_tokenizer
 from pretrainlab.utils import write_dir_atomic
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class PretrainDataModule(pl.LightningDataModule):
 
     def tokenizer_settings(self) -> dict[str, Any]:
         t = self.tokenizer_cfg
-        return {
+        settings = {
             "corpus": self.corpus_settings(),
             "pretrained": t.pretrained,
             "vocab_size": t.vocab_size,
@@ -128,6 +128,24 @@ class PretrainDataModule(pl.LightningDataModule):
             # A loaded tokenizer is completed with the objective's tokens, trained ones hold all.
             "objective": self.objective if t.pretrained else None,
         }
+        cap = self.max_training_documents()
+        if cap is not None:  # only when set, so the caches of runs without one keep their keys
+            settings["max_training_documents"] = cap
+        return settings
+
+    def max_training_documents(self) -> int | None:
+        """The cap on the documents a trained tokenizer reads (None: all; unused when loading one).
+
+        ``getattr``: configs saved before the setting existed have no such key.
+        """
+        if self.tokenizer_cfg.pretrained:
+            return None
+        return getattr(self.tokenizer_cfg, "max_training_documents", None)
+
+    def num_proc(self, documents: int) -> int:
+        """Processes to tokenize ``documents`` with (``data.num_proc``; not part of any cache key:
+        the documents come out the same whatever the count)."""
+        return packing.worker_count(getattr(self.data, "num_proc", None), documents)
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -273,15 +291,16 @@ class PretrainDataModule(pl.LightningDataModule):
         return corpus.train_test_split(test_size=self.data.val_fraction, seed=self.data.split_seed)
 
     def _write_tokenized(self, out: Path) -> None:
+        """Train (or load) the tokenizer, streaming the train split's texts, then tokenize both
+        splits in parallel; nothing holds the corpus as Python objects."""
         split = self._split_corpus()
-        tokenizer = build_tokenizer(
-            self.tokenizer_cfg, self.objective, split["train"][TEXT], _CACHED_MAX_LENGTH
-        )
+        texts = DatasetTexts(split["train"], TEXT, self.max_training_documents())
+        tokenizer = build_tokenizer(self.tokenizer_cfg, self.objective, texts, _CACHED_MAX_LENGTH)
         tokenizer.save_pretrained(str(out / "tokenizer"))
         docs = datasets.DatasetDict(
             {
-                "train": packing.tokenize(split["train"], tokenizer),
-                "validation": packing.tokenize(split["test"], tokenizer),
+                name: packing.tokenize(split[part], tokenizer, num_proc=self.num_proc(len(split[part])))
+                for name, part in (("train", "train"), ("validation", "test"))
             }
         )
         docs.save_to_disk(str(out / "docs"))
@@ -295,7 +314,9 @@ class PretrainDataModule(pl.LightningDataModule):
         word starts; the ids must come out as the cached ones, or the flags would not fit."""
         split = self._split_corpus()
         for name, part in (("train", "train"), ("validation", "test")):
-            segmented = packing.tokenize(split[part], tokenizer, word_segmenter=self.word_segmenter)
+            segmented = packing.tokenize(
+                split[part], tokenizer, self.num_proc(len(split[part])), word_segmenter=self.word_segmenter
+            )
             if not packing.same_ids(segmented, docs[name]):
                 raise RuntimeError(f"{self.tokenizer_dir}: cached ids differ from the corpus's; delete it")
             segmented.select_columns([packing.WORD_START]).save_to_disk(str(out / name))
@@ -311,9 +332,14 @@ class PretrainDataModule(pl.LightningDataModule):
                         f"one block of {length} (lower data.block_size"
                         + (" or raise data.val_fraction)" if name == "validation" else ")")
                     )
-                blocks = packing.pack(docs[name], length, cache_dir=str(self.cache_dir / "hf"))
-            else:
-                blocks = packing.truncate(docs[name], length)
+                # Written as they are cut beside the entry, then saved in the dataset layout.
+                staged = out / f".{name}-blocks.arrow"
+                blocks = packing.pack(docs[name], length, path=staged)
+                blocks.save_to_disk(str(out / name))
+                del blocks  # unmapped before its file goes (the manifest must not list it)
+                staged.unlink()
+                continue
+            blocks = packing.truncate(docs[name], length)
             blocks.save_to_disk(str(out / name))
 
     def _where(self) -> str:

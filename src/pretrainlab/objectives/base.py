@@ -215,14 +215,17 @@ class PretrainingObjective(pl.LightningModule):
         np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
         random.setstate(state["python"])
 
-    def compile_backbone(self) -> None:
-        """``torch.compile`` the transformer body in place (``nn.Module.compile``).
+    def compile_backbone(self, cache_dir: str | Path | None = None) -> None:
+        """``torch.compile`` the transformer body's repeated block in place, for training only
+        (``pretrainlab.compile``: why so); inductor's cache under ``cache_dir`` when given.
 
         In place, so parameter names, checkpoints and the export are unchanged. Only the body:
         heads and losses run eagerly, where the sparse MLM head's changing number of rows would
         otherwise recompile.
         """
-        self.model.base_model.compile()
+        from pretrainlab.compile import compile_for_training
+
+        compile_for_training(self.model.base_model, cache_dir)
 
     def configure_gradient_clipping(
         self,

@@ -296,3 +296,36 @@ def test_names_leave_out_what_every_job_of_the_sweep_shares(tmp_path: Path) -> N
 def test_log_model_is_off_by_default_and_entity_is_a_setting(compose_cfg) -> None:
     cfg = compose_cfg("logger=wandb", "logger.wandb.entity=someone")
     assert cfg.logger.wandb.log_model is False and cfg.logger.wandb.entity == "someone"
+
+
+# -- 6. a failed run says so in its summary --------------------------------------------------------
+
+
+def test_a_failed_run_says_so_in_its_wandb_summary(tiny_corpus, cache_dir, tmp_path, monkeypatch) -> None:
+    """A NaN loss at step 2 ends the run: its W&B summary has ``status: failed`` and the error,
+    as its metrics.json does (a dashboard filtering finished runs by status must not miss it)."""
+    import sys
+
+    from pretrainlab.commands import cli
+    from pretrainlab.objectives.base import PretrainingObjective
+
+    real_step = PretrainingObjective.training_step
+
+    def poisoned(self, batch, batch_idx):
+        loss = real_step(self, batch, batch_idx)
+        return loss * float("nan") if self.global_step >= 2 else loss
+
+    monkeypatch.setattr(PretrainingObjective, "training_step", poisoned)
+    for name in ("DATA", "CACHE", "CONFIG"):
+        monkeypatch.setenv(f"WANDB_{name}_DIR", str(tmp_path / "wandb-home" / name.lower()))
+    run_dir = tmp_path / "run"
+    args = [*cli_args(tiny_corpus), "logger=wandb", "trainer.max_steps=4", f"hydra.run.dir={run_dir}"]
+    monkeypatch.setattr(sys, "argv", ["pretrainlab-train", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli()
+    assert exit_info.value.code == 1
+    metrics = metrics_of(run_dir)
+    (log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    summary = OfflineRun(log).summary
+    assert metrics["status"] == "failed" and summary["status"] == "failed"
+    assert summary["error"] == metrics["error"] and summary["error"].startswith("NonFiniteLossError")

@@ -72,16 +72,23 @@ def record_failure(cfg: DictConfig, err: BaseException) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "error.log").write_text("".join(traceback.format_exception(err)), encoding="utf-8")
         first_line = (str(err).splitlines() or [""])[0]
-        write_json_atomic(
-            out / "metrics.json",
-            {
-                "status": "interrupted" if isinstance(err, Interrupted) else "failed",
-                "objective": cfg.objective.name,
-                "error": f"{type(err).__name__}: {first_line}",
-            },
-        )
+        record = {
+            "status": "interrupted" if isinstance(err, Interrupted) else "failed",
+            "objective": cfg.objective.name,
+            "error": f"{type(err).__name__}: {first_line}",
+        }
+        write_json_atomic(out / "metrics.json", record)
+        _summarise_in_wandb(record)
     except Exception:  # noqa: BLE001 - recording must never hide the original error
         log.exception("could not record the failure in the run folder")
+
+
+def _summarise_in_wandb(record: dict[str, Any]) -> None:
+    """A failed run's W&B summary says so (``status``, ``error``), as a finished run's holds its
+    metrics.json: a dashboard filtering on status sees it. Only where a W&B run was started."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.run.summary.update(record)
 
 
 def _in_multirun() -> bool:

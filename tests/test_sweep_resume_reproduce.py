@@ -71,7 +71,7 @@ def test_sweep_runs_each_meaningful_combination_once_and_survives_a_failure(tiny
     # causal: one model (mask_probability ignored), evaluated with both decodings; prefix: 2 x 2,
     # its beam jobs unfolded (a decoding it cannot use fails as a job of its own).
     assert len(plan) == 8 and len(launched) == 5 and len(skipped) == 2 and len(evaluated) == 1
-    assert evaluated[0]["launch"] == ["objective=causal", "decoding=beam"]
+    assert {"objective=causal", "decoding=beam"} <= set(evaluated[0]["launch"])
     statuses = {}
     for entry in launched:
         job = sweep / entry["dir"]

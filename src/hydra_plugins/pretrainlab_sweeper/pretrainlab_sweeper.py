@@ -194,8 +194,13 @@ class PretrainlabSweeper(BasicSweeper):
             entry["dir"] = str(number)
         for entry in plan:
             if entry["status"] == "skipped":
-                entry["duplicate_of"] = plan[entry["duplicate_of"]]["dir"]
-            elif entry["status"] == "evaluated":
+                covering = plan[entry["duplicate_of"]]
+                if covering["status"] == "evaluated":  # a duplicate of a folded combination
+                    entry["evaluation"] = covering["evaluation"]
+                    covering = plan[covering["evaluated_in"]]
+                entry["duplicate_of"] = covering["dir"]
+        for entry in plan:
+            if entry["status"] == "evaluated":
                 entry["evaluated_in"] = plan[entry["evaluated_in"]]["dir"]
         evaluated = sum(entry["status"] == "evaluated" for entry in plan)
         if evaluated:

@@ -98,6 +98,9 @@ def collect(sweep_dir: str | Path) -> list[Row]:
             continue
         if entry.get("dir") is None:
             covering = listed.get(str(entry.get("duplicate_of")))
+            if covering is not None and entry.get("evaluation"):  # a duplicate of an eval/ row
+                name = f"{covering['dir']}/{EVAL_DIR}/{entry['evaluation']}"
+                covering = next((row for row in rows if row["dir"] == name), None)
             launch = entry.get("launch")
             if (
                 covering is not None

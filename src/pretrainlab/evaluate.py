@@ -95,8 +95,7 @@ def evaluate_module(
             scored = evaluate_cloze_items(module, cloze, ks=ks)
         items += scored
         metrics.update({s.metric: s.value() for s in scored})
-    # A baseline is untrained everywhere: its [gMASK] rows are as (un)trained as the rest.
-    untrained = None if cfg.get("baseline", False) else module.continuation_problem()
+    untrained = generation_problem(cfg, module)
     if untrained is not None:
         # A number measured through a layout the model never saw would read as a finding.
         metrics["not_evaluated"] = {"continuation": untrained, "generation": untrained}
@@ -140,6 +139,13 @@ def evaluate_module(
     for logger in loggers or []:
         logger.log_metrics(numeric, step=module.global_step)
     return metrics
+
+
+def generation_problem(cfg: DictConfig, module: PretrainingObjective) -> str | None:
+    """Why continuation and generation are not evaluated for this run (an untrained [gMASK]
+    layout), else None. A baseline is untrained everywhere: its [gMASK] rows are as (un)trained
+    as the rest, so it is evaluated."""
+    return None if cfg.get("baseline", False) else module.continuation_problem()
 
 
 def _generation_stage(
@@ -253,10 +259,11 @@ def evaluate_decodings(run_dir: Path, decodings: list[str], overrides: list[str]
     return evaluate_overrides(Path(run_dir), [[f"decoding={d}", *(overrides or [])] for d in decodings])
 
 
-def decoding_jobs(cfg: DictConfig) -> list[list[str]]:
+def decoding_jobs(cfg: DictConfig) -> list[tuple[list[str], DictConfig]]:
     """The evaluations ``evaluation.decodings`` asks of a training job (its own decoding left
-    out: the run's metrics.json has it), each checked now, before anything trains: an unknown
-    option or one the objective cannot use is one line instead of a failure after training."""
+    out: the run's metrics.json has it), each with its composed config, checked now, before
+    anything trains: an unknown option or one the objective cannot use is one line instead of
+    a failure after training."""
     from hydra.utils import get_class
 
     names = [str(n) for n in cfg.evaluation.get("decodings") or []]
@@ -267,9 +274,7 @@ def decoding_jobs(cfg: DictConfig) -> list[list[str]]:
         raise ValueError(
             f"evaluation.decodings={names}: objective={cfg.objective.name} does not generate text"
         )
-    for job in jobs:
-        _decoding_job_config(cfg, job)
-    return jobs
+    return [(job, _decoding_job_config(cfg, job)) for job in jobs]
 
 
 def evaluate_trained_decodings(
@@ -287,15 +292,15 @@ def evaluate_trained_decodings(
     failed ``eval/`` folder (its error in its metrics.json) and the others go on: the training
     record is written either way."""
     jobs = decoding_jobs(cfg)
-    problem = None if cfg.get("baseline", False) else module.continuation_problem()
+    problem = generation_problem(cfg, module)
     if jobs and problem is not None:
         log.warning("evaluation.decodings: not evaluated (%s)", problem)
         return []
     if not jobs:
         return []
-    names = ", ".join(job[0].split("=", 1)[1] for job in jobs)
+    names = ", ".join(str(job_cfg.decoding.name) for _, job_cfg in jobs)
     with _stage(metrics, "decodings", f"generation with {len(jobs)} more decodings ({names})"):
-        return _evaluate_jobs(out, cfg, jobs, module, datamodule, keep_going=True)
+        return _evaluate_jobs(out, jobs, module, datamodule, keep_going=True)
 
 
 def evaluate_overrides(run_dir: Path, jobs: list[list[str]]) -> list[Path]:
@@ -310,34 +315,32 @@ def evaluate_overrides(run_dir: Path, jobs: list[list[str]]) -> list[Path]:
 
     run_dir = Path(run_dir)
     saved = _saved_config(run_dir)
-    for job in jobs:
-        _decoding_job_config(saved, job)
+    configs = [(job, _decoding_job_config(saved, job)) for job in jobs]
     objective_cls: type[PretrainingObjective] = get_class(saved.objective._target_)
     if not objective_cls.generative:
         raise ValueError(
             f"objective={objective_cls.name}: does not generate text, so a decoding has nothing to evaluate"
         )
     module, datamodule = _load(run_dir, saved)
-    problem = None if saved.get("baseline", False) else module.continuation_problem()
+    problem = generation_problem(saved, module)
     if problem is not None:
         raise ValueError(f"generation is not evaluated for this run: {problem}")
-    return _evaluate_jobs(run_dir, saved, jobs, module, datamodule)
+    return _evaluate_jobs(run_dir, configs, module, datamodule)
 
 
 def _evaluate_jobs(
     run_dir: Path,
-    saved: DictConfig,
-    jobs: list[list[str]],
+    jobs: list[tuple[list[str], DictConfig]],
     module: PretrainingObjective,
     datamodule: PretrainDataModule,
     keep_going: bool = False,
 ) -> list[Path]:
-    """Generate with each job's decoding into its ``eval/`` folder (see ``evaluate_overrides``);
-    ``keep_going``: a job that raises gets a failed folder (status, error) and the next one runs."""
+    """Generate with each job's decoding (its overrides and the config ``_decoding_job_config``
+    composed from them) into its ``eval/`` folder (see ``evaluate_overrides``); ``keep_going``:
+    a job that raises gets a failed folder (status, error) and the next one runs."""
     module.eval()
     folders = []
-    for job in jobs:
-        cfg = _decoding_job_config(saved, job)
+    for job, cfg in jobs:
         metrics: dict[str, Any] = {
             "status": "ok",
             "objective": module.name,

@@ -171,6 +171,33 @@ def test_ctrl_c_saves_the_step_it_is_at_and_stops(compose_cfg, run_training, tmp
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_sigterm_during_a_save_stops_at_the_next_step_with_its_state_saved(
+    compose_cfg, run_training, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster's SIGTERM lands wherever the process is; a periodic save is a likely place, and
+    it comes after this step's check. Lightning's own handler would then end the process with
+    a bare SystemExit (status 0, nothing said); ours lets the next step finish, saves it and
+    stops with exit status 143. The handler is Lightning's again afterwards, then the original."""
+    from pretrainlab.callbacks import Interrupted, LastCheckpoint
+
+    save = LastCheckpoint.save
+
+    def save_then_signal(self: LastCheckpoint, trainer) -> None:  # noqa: ANN001
+        save(self, trainer)
+        if trainer.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(LastCheckpoint, "save", save_then_signal)
+    run = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted, match=r"^SIGTERM received: stopped after step 3, state saved to") as err:
+        run_training(compose_cfg(*COMMON, output_dir=run))
+    assert err.value.exit_status == 128 + signal.SIGTERM
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 @pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_a_resume_finishes_the_run(tiny_corpus, cache_dir, tmp_path):
     """Clusters send SIGTERM before they kill or requeue a job: the run saves the step it is at

@@ -84,7 +84,7 @@ class LastCheckpoint(Checkpoint):
         self.saved_step: int | None = None
         self._step_at_batch_start = -1
         self._signal: int | None = None
-        self._previous_sigint: Any = None
+        self._previous_handlers: dict[int, Any] = {}
 
     @property
     def path(self) -> Path:
@@ -97,29 +97,38 @@ class LastCheckpoint(Checkpoint):
 
     # -- signals --------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Not at fit start: Lightning records the signal handlers after that and puts them back
-        # when fit ends, which would leave ours installed.
+        # Ours replace Lightning's SIGTERM handler while training runs: Lightning's raises a bare
+        # SystemExit (exit status 0, nothing saved) at the end of a step or inside a validation,
+        # which wins whenever the signal lands after this callback's check, e.g. during a save.
+        # Installed at train start, not fit start: Lightning records the handlers after fit
+        # start and puts them back when fit ends, after on_train_end, where ours are undone.
         self._signal = None
-        try:
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
-        except ValueError:  # not the main thread: Ctrl-C keeps its default behaviour
-            self._previous_sigint = None
+        self._previous_handlers = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread: the signals keep their handlers
+                break
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self._signal is not None:  # a second Ctrl-C: stop at once
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signal is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop at once
             raise KeyboardInterrupt
-        self._signal = signum
+        self._signal = self._signal or signum
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_signal_handlers()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._restore_sigint()
+        self._restore_signal_handlers()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, err: BaseException) -> None:
-        self._restore_sigint()  # Lightning skips teardown hooks when fit ends in an exception
+        self._restore_signal_handlers()  # Lightning skips teardown hooks when fit ends in an exception
 
-    def _restore_sigint(self) -> None:
-        if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+        self._previous_handlers = {}
 
     # -- saving ---------------------------------------------------------------------------
     def _fitting(self, trainer: pl.Trainer) -> bool:

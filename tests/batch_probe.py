@@ -71,3 +71,17 @@ class SignalAtStep(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.signum)
+
+
+class RecordBlocks(pl.Callback):
+    """Append each training batch's ``input_ids`` (a list per block) as one JSON line to
+    ``<path>.rank<r>``, a file per process, so a multi-process run shows what each rank trained on."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        path = Path(f"{self.path}.rank{trainer.global_rank}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(batch["input_ids"].tolist()) + "\n")

@@ -35,6 +35,8 @@ from pretrainlab.distributed import (
 from pretrainlab.models.glm import build_glm
 from pretrainlab.train import trainer_settings
 
+TESTS = Path(__file__).parent
+
 
 def test_ddp_preset_builds_the_job_strategy(compose_cfg):
     cfg = compose_cfg("trainer=ddp")
@@ -118,7 +120,9 @@ def test_two_process_ddp_matches_one_process_and_only_rank_zero_writes(tiny_corp
 
     Causal: its collator draws nothing at random, so the two runs see the same tokens and the
     only difference is the order of floating-point sums (gradients averaged across ranks).
-    Two DDP jobs in one sweep also check that each job starts its own ranks.
+    Two DDP jobs in one sweep also check that each job starts its own ranks; the second
+    streams its corpus (data.streaming=true): its ranks train on disjoint blocks, and its
+    checkpoint holds both ranks' stream positions.
     """
     common = [
         *cli_args(tiny_corpus),
@@ -140,10 +144,15 @@ def test_two_process_ddp_matches_one_process_and_only_rank_zero_writes(tiny_corp
             "trainer=ddp",
             "data.batch_size=4",
             "logger=wandb",
-            "seed=42,7",
+            "data.streaming=false,true",
+            "data.validation_documents=20",
+            "data.shuffle_window=2",
+            "+callbacks.blocks._target_=batch_probe.RecordBlocks",
+            "+callbacks.blocks.path=${paths.output_dir}/probe/blocks",
             f"hydra.sweep.dir={sweep}",
         ],
         cache_dir,
+        env={"PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))},
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
 
@@ -157,3 +166,15 @@ def test_two_process_ddp_matches_one_process_and_only_rank_zero_writes(tiny_corp
         assert (job / "hf" / "config.json").is_file()
         state = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
         assert state["global_step"] == 4
+    streamed = torch.load(sweep / "1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert sorted(streamed["PretrainDataModule"]["stream_positions"]) == [0, 1]  # both ranks', gathered
+    ranks = [
+        [
+            tuple(block)
+            for line in (sweep / "1" / "probe" / f"blocks.rank{r}").read_text().splitlines()
+            for block in json.loads(line)
+        ]
+        for r in (0, 1)
+    ]
+    assert [len(blocks) for blocks in ranks] == [16, 16]
+    assert not set(ranks[0]) & set(ranks[1])

@@ -121,6 +121,12 @@ class DataConfig:
     # Hash every file of a cache entry on load, however large (entries up to 128 MiB always
     # are; larger ones otherwise get their file sizes checked only).
     verify_cache: bool = False
+    # Read, tokenize and pack the training documents while training (data/streaming.py): for
+    # corpora that do not fit. The first `validation_documents` documents are the validation
+    # split; `shuffle_window` blocks at a time are shuffled (1: the corpus order).
+    streaming: bool = False
+    validation_documents: int = 1000
+    shuffle_window: int = 1000
     probe: ProbeDataConfig = field(default_factory=ProbeDataConfig)
 
 

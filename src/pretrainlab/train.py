@@ -98,7 +98,10 @@ def _world(cfg: DictConfig) -> int:
 
 
 def _check_batch_fits(cfg: DictConfig, datamodule: PretrainDataModule) -> None:
-    """One batch (per process, times the processes) must fit in the training blocks."""
+    """One batch (per process, times the processes) must fit in the training blocks (a streamed
+    corpus's are cut while training: a shard that gets none is an error then)."""
+    if datamodule.streaming:
+        return
     blocks = len(datamodule.splits["train"])
     needed = cfg.data.batch_size * _world(cfg)
     if blocks < needed:

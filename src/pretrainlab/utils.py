@@ -176,6 +176,9 @@ THIRD_PARTY_WARNINGS = (
     # torch.load's notes on its `weights_only` default: pretrainlab loads only checkpoints its own
     # runs wrote (and passes weights_only=True where it calls torch.load itself).
     r".*`?weights_only`?",
+    # A streamed corpus's data set (data/streaming.py) has the run's exact batch count as its
+    # length, each DataLoader worker cutting its own shard: the case the warning is about.
+    r"Your `IterableDataset` has `__len__` defined",
 )
 
 

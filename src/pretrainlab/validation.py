@@ -48,6 +48,25 @@ def _check_baseline(cfg: DictConfig) -> None:
         )
 
 
+def _check_streaming(cfg: DictConfig) -> None:
+    """``data.streaming``: packed blocks only, and none of what needs the corpus up front."""
+    data = cfg.data
+    if not data.get("streaming", False):  # configs saved before the key existed: off
+        return
+    if not data.packing:
+        raise ConfigError("data.packing=false: streaming cuts packed blocks only (set data.packing=true)")
+    if cfg.objective.get("whole_word_mask", False):
+        raise ConfigError(
+            "objective.whole_word_mask=true: not available with data.streaming=true (word starts are "
+            "computed over the cached corpus)"
+        )
+    if data.validation_documents < 1:
+        raise ConfigError(f"data.validation_documents={data.validation_documents}: must be at least 1")
+    if data.shuffle_window < 1:
+        window = data.shuffle_window
+        raise ConfigError(f"data.shuffle_window={window}: must be at least 1 (1: the corpus order)")
+
+
 def _check_finetune(cfg: DictConfig) -> None:
     """Fine-tuning settings that cannot train (configs saved before the key existed have none)."""
     finetune = cfg.evaluation.get("finetune")
@@ -149,6 +168,7 @@ def validate(cfg: DictConfig, *, with_libraries: bool = True) -> None:
     num_proc = data.get("num_proc")
     if num_proc is not None and num_proc < 1:
         raise ConfigError(f"data.num_proc={num_proc}: must be at least 1 (or null: the usable cores)")
+    _check_streaming(cfg)
     cap = cfg.tokenizer.get("max_training_documents")
     if cap is not None and cap < 1:
         raise ConfigError(f"tokenizer.max_training_documents={cap}: must be at least 1 (or null: all)")

@@ -325,6 +325,69 @@ def load_corpus(data: Any, cache_dir: Path) -> datasets.Dataset:
     return ds
 
 
+def stream_corpus(data: Any, cache_dir: Path) -> datasets.IterableDataset:
+    """The corpus as a ``datasets.IterableDataset`` of ``text``, read as it is iterated
+    (``data.streaming=true``): nothing is loaded or converted up front, so a corpus larger than
+    the disk's free space or the memory trains as well as a small one.
+
+    Empty documents are dropped as ``load_corpus`` drops them, and ``data.max_documents`` keeps
+    the first ones. A .txt file is decoded leniently and its lines that are not UTF-8 dropped
+    (counting them would read the whole corpus before the first step).
+    """
+    if data.source == "sample_zh":
+        ds = load_sample_zh().to_iterable_dataset()
+        column = TEXT
+    elif data.source == "files":
+        ds, column = _stream_files(data)
+    elif data.source == "hub":
+        try:
+            ds = datasets.load_dataset(
+                data.name, data.subset, split=data.split, streaming=True, cache_dir=str(cache_dir)
+            )
+        except (OSError, ValueError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
+            raise ConfigError(
+                f"data.name={data.name}: could not be loaded ({type(err).__name__})" + offline_hint(data.name)
+            ) from err
+        column = data.text_column
+    else:
+        raise ConfigError(f"data.source={data.source}: unknown source")
+    columns = ds.column_names
+    if columns is None:  # a builder that learns its columns from the data: its first document
+        # (.iter: in a DataLoader worker iter() would read only that worker's share of the files)
+        columns = list(next(ds.iter(batch_size=1), {}))
+    if column not in columns:
+        raise ConfigError(
+            f"data.text_column={column}: no such column in {_where(data)} (columns: {', '.join(columns)})"
+        )
+
+    def keep(batch: dict[str, list[Any]]) -> list[bool]:
+        return [isinstance(t, str) and bool(t.strip()) and "\ufffd" not in t for t in batch[column]]
+
+    ds = ds.select_columns([column]).filter(keep, batched=True)
+    if column != TEXT:
+        ds = ds.rename_column(column, TEXT)
+    if data.max_documents is not None:
+        ds = ds.take(data.max_documents)
+    return ds
+
+
+def _stream_files(data: Any) -> tuple[datasets.IterableDataset, str]:
+    """A local corpus as a stream, and the column that holds its text."""
+    path = Path(data.path).expanduser()
+    if not path.exists():
+        raise ConfigError(f"data.path={data.path}: no such file or directory")
+    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+        loaded = datasets.load_from_disk(str(path))
+        ds = loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
+        return ds.to_iterable_dataset(), data.text_column
+    builder, files = _files_builder(path, f"data.path={data.path}")
+    if all(Path(f).stat().st_size == 0 for f in files):
+        raise ConfigError(f"data.path={data.path}: the corpus is empty (no bytes in its files)")
+    options: dict[str, Any] = {"encoding_errors": "replace"} if builder == "text" else {}
+    ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **options)
+    return ds, TEXT if builder == "text" else data.text_column
+
+
 def _where(data: Any) -> str:
     if data.source == "files":
         return f"data.path={data.path}"

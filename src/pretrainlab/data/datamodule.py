@@ -17,9 +17,8 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import datasets
 import pytorch_lightning as pl
@@ -28,31 +27,20 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from pretrainlab.config import ConfigError
-from pretrainlab.data import manifest, packing, words
-from pretrainlab.data.corpus import TEXT, corpus_fingerprint, load_corpus
+from pretrainlab.data import packing, words
+from pretrainlab.data.corpus import TEXT, corpus_fingerprint, load_corpus, stream_corpus
+from pretrainlab.data.entries import CacheEntries, Entry
 from pretrainlab.data.sampling import StreamBatchSampler, StreamDataset
+from pretrainlab.data.streaming import POSITION, Position, PositionedCollate, StreamingBlocks
 from pretrainlab.data.tokenizer import DatasetTexts, build_tokenizer
-from pretrainlab.utils import write_dir_atomic
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation")
 # The tokenizer is cached with a large limit; export sets the model's real one.
 _CACHED_MAX_LENGTH = 1_000_000
-_T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class _Entry:
-    """One cache folder: how to write it, and the entries it is built from."""
-
-    folder: Path
-    write: Callable[[Path], None]
-    sources: tuple[_Entry, ...] = ()
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+# The documents a tokenizer trained for a streamed corpus reads when tokenizer.max_training_documents
+# is null: the stream has no end to read to (about 10M characters of the built-in corpus's length).
+STREAM_TOKENIZER_DOCUMENTS = 100_000
 
 
 def settings_key(settings: dict[str, Any]) -> str:
@@ -90,13 +78,20 @@ class PretrainDataModule(pl.LightningDataModule):
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.splits: dict[str, datasets.Dataset] = {}
         self.cache_hit = False
-        # Cache entries checked (or built) in this process -> their manifest digest.
-        self._ready: dict[Path, str | None] = {}
-        self.built: list[Path] = []  # entries this datamodule built or rebuilt
+        self.entries = CacheEntries(verify=bool(getattr(data, "verify_cache", False)))
         # The training stream: set by plan_stream() before fit (see data/sampling.py).
         self.stream_seed = 0
         self.total_batches = 0
         self.start_batch = 0
+        # data.streaming (getattr: configs saved before the key existed): the training blocks are
+        # cut while training; `positions` holds each shard's place after the last batch trained.
+        self.streaming = bool(getattr(data, "streaming", False))
+        self.positions: dict[int, Position] = {}
+
+    @property
+    def built(self) -> list[Path]:
+        """The cache entries this data module built or rebuilt (none: a cache hit)."""
+        return self.entries.built
 
     def plan_stream(self, seed: int, total_batches: int, start_batch: int = 0) -> None:
         """How many batches training consumes, and where a resumed run picks up."""
@@ -105,7 +100,7 @@ class PretrainDataModule(pl.LightningDataModule):
     # -- cache keys ---------------------------------------------------------------------
     def corpus_settings(self) -> dict[str, Any]:
         d = self.data
-        return {
+        settings = {
             "source": d.source,
             "path": str(Path(d.path).expanduser().resolve()) if d.path else None,
             "name": d.name,
@@ -117,6 +112,10 @@ class PretrainDataModule(pl.LightningDataModule):
             "split_seed": d.split_seed,
             "fingerprint": corpus_fingerprint(d),
         }
+        if self.streaming:  # the validation split is the stream's head, not a seeded share
+            del settings["val_fraction"], settings["split_seed"]
+            settings["streaming"] = {"validation_documents": d.validation_documents}
+        return settings
 
     def tokenizer_settings(self) -> dict[str, Any]:
         t = self.tokenizer_cfg
@@ -140,7 +139,8 @@ class PretrainDataModule(pl.LightningDataModule):
         """
         if self.tokenizer_cfg.pretrained:
             return None
-        return getattr(self.tokenizer_cfg, "max_training_documents", None)
+        cap = getattr(self.tokenizer_cfg, "max_training_documents", None)
+        return STREAM_TOKENIZER_DOCUMENTS if cap is None and self.streaming else cap
 
     def num_proc(self, documents: int) -> int:
         """Processes to tokenize ``documents`` with (``data.num_proc``; not part of any cache key:
@@ -169,30 +169,30 @@ class PretrainDataModule(pl.LightningDataModule):
         """Build whatever is not cached yet and rebuild whatever is damaged: tokenizer and
         tokenized documents, word starts (whole-word masking), blocks. Each entry is checked
         against its manifest once per process (see ``data/manifest.py``)."""
-        self._ensure(self._blocks_entry())
+        self.entries.ensure(self._blocks_entry())
 
-    def _docs_entry(self) -> _Entry:
-        return _Entry(self.tokenizer_dir / "docs", self._write_tokenized)
+    def _docs_entry(self) -> Entry:
+        return Entry(self.tokenizer_dir / "docs", self._write_tokenized)
 
-    def _words_entry(self) -> _Entry:
-        return _Entry(
+    def _words_entry(self) -> Entry:
+        return Entry(
             self.words_dir,
             lambda tmp: self._write_words(self._load_docs(), self._load_tokenizer(), tmp),
             (self._docs_entry(),),
         )
 
-    def _blocks_entry(self) -> _Entry:
+    def _blocks_entry(self) -> Entry:
         sources = (self._docs_entry(), self._words_entry()) if self.word_segmenter else (self._docs_entry(),)
-        return _Entry(self.blocks_dir, lambda tmp: self._write_blocks(self._block_inputs(), tmp), sources)
+        return Entry(self.blocks_dir, lambda tmp: self._write_blocks(self._block_inputs(), tmp), sources)
 
     def _load_docs(self) -> datasets.DatasetDict:
-        return self._load(
+        return self.entries.load(
             self._docs_entry(), lambda: datasets.load_from_disk(str(self.tokenizer_dir / "docs"))
         )
 
     def _load_tokenizer(self) -> PreTrainedTokenizerBase:
         folder = str(self.tokenizer_dir / "docs" / "tokenizer")
-        return self._load(self._docs_entry(), lambda: AutoTokenizer.from_pretrained(folder))
+        return self.entries.load(self._docs_entry(), lambda: AutoTokenizer.from_pretrained(folder))
 
     def _block_inputs(self) -> datasets.DatasetDict:
         """The tokenized documents, with their word starts when whole-word masking asks for them."""
@@ -210,85 +210,44 @@ class PretrainDataModule(pl.LightningDataModule):
                 }
             )
 
-        return self._load(self._words_entry(), with_words)
-
-    def _hashes(self) -> bool | None:
-        """Hash every file on load when asked to, else when the entry is small (manifest.py)."""
-        return True if getattr(self.data, "verify_cache", False) else None
-
-    def _sources(self, entry: _Entry) -> dict[str, str | None]:
-        return {source.folder.name: self._ready.get(source.folder) for source in entry.sources}
-
-    def _ensure(self, entry: _Entry) -> str | None:
-        """Make ``entry`` present and undamaged, once per process; returns its digest."""
-        if entry.folder in self._ready:
-            return self._ready[entry.folder]
-        for source in entry.sources:
-            self._ensure(source)
-        seen = manifest.identity(entry.folder)
-        problem = None
-        if seen is not None:
-            problem = manifest.check_manifest(entry.folder, self._hashes(), self._sources(entry))
-        if seen is None or problem is not None:
-            self._build(entry, problem, seen)
-        self._ready[entry.folder] = manifest.digest(entry.folder)
-        return self._ready[entry.folder]
-
-    def _load(self, entry: _Entry, load: Callable[[], _T]) -> _T:
-        """``load()`` from a checked entry; when it fails anyway (damage the check on load did
-        not look for, or a concurrent rebuild), the entry is verified with hashes and rebuilt."""
-        self._ensure(entry)
-        seen = manifest.identity(entry.folder)
-        try:
-            return load()
-        except Exception as err:  # datasets, pyarrow, json and tokenizers raise all sorts
-            reason = f"fails to load: {type(err).__name__}: {err}"
-        problem = manifest.check_manifest(entry.folder, True, self._sources(entry)) or reason
-        self._build(entry, problem, seen)
-        return load()
-
-    def _build(self, entry: _Entry, problem: str | None, seen: tuple[int, int] | None) -> None:
-        """Build a missing entry (``problem`` None) or rebuild a damaged one, with one warning.
-
-        Under the entry's lock: a job that waited finds what another one built meanwhile (a
-        folder other than the one it judged, ``seen``), checks it and keeps it if it is sound.
-        A damaged entry is renamed away before the new one is written (``manifest.discard``);
-        the new one is renamed into place complete, its manifest written last inside it.
-        """
-        with manifest.entry_lock(entry.folder):
-            now = manifest.identity(entry.folder)
-            if now != seen:
-                if now is None:
-                    problem = None
-                else:
-                    problem = manifest.check_manifest(entry.folder, self._hashes(), self._sources(entry))
-                    if problem is None:
-                        return
-            if problem is not None:
-                log.warning("cache: %s is damaged (%s); rebuilding", entry.folder, _one_line(problem))
-                manifest.discard(entry.folder)
-
-            def write(tmp: Path) -> None:
-                entry.write(tmp)
-                manifest.write_manifest(tmp, self._sources(entry))  # last: complete with it
-
-            write_dir_atomic(entry.folder, write)
-        self.built.append(entry.folder)
-        before, self._ready[entry.folder] = self._ready.get(entry.folder), manifest.digest(entry.folder)
-        if before is not None and before != self._ready[entry.folder]:
-            # Other content: what was built from it must be checked against it again.
-            keep = self._closure(entry)
-            self._ready = {folder: d for folder, d in self._ready.items() if folder in keep}
-
-    def _closure(self, entry: _Entry) -> set[Path]:
-        """The entry's folder and those of everything it is built from."""
-        return {entry.folder}.union(*(self._closure(source) for source in entry.sources))
+        return self.entries.load(self._words_entry(), with_words)
 
     def _split_corpus(self) -> datasets.DatasetDict:
+        if self.streaming:
+            return self._stream_head()
         corpus = load_corpus(self.data, self.cache_dir / "hf")
         if len(corpus) < 2:
             raise ConfigError(f"{self._where()}: needs at least 2 documents to split off validation")
         return corpus.train_test_split(test_size=self.data.val_fraction, seed=self.data.split_seed)
+
+    def _stream_head(self) -> datasets.DatasetDict:
+        """A streamed corpus's first documents: ``data.validation_documents`` of them are the
+        validation split ("test"), and the tokenizer's sample ("train") follows them (none when
+        the tokenizer is loaded). The rest of the stream is read while training."""
+        head = self.data.validation_documents
+        sample = self.max_training_documents() or 0
+        texts: list[str] = []
+        for document in stream_corpus(self.data, self.cache_dir / "hf").take(head + sample):
+            texts.append(document[TEXT])
+        if len(texts) <= head:
+            raise ConfigError(
+                f"{self._where()}: the stream holds {len(texts)} documents, no more than "
+                f"data.validation_documents={head} (lower it: the rest of the stream is for training)"
+            )
+        return datasets.DatasetDict(
+            {
+                "train": datasets.Dataset.from_dict({TEXT: texts[head:]}),
+                "test": datasets.Dataset.from_dict({TEXT: texts[:head]}),
+            }
+        )
+
+    def training_stream(self) -> datasets.IterableDataset:
+        """The stream of training documents: all but the validation head (``data.streaming``)."""
+        return stream_corpus(self.data, self.cache_dir / "hf").skip(self.data.validation_documents)
+
+    def _block_splits(self) -> tuple[str, ...]:
+        """The splits cut into cached blocks: a streamed corpus's training blocks are cut while training."""
+        return ("validation",) if self.streaming else SPLITS
 
     def _write_tokenized(self, out: Path) -> None:
         """Train (or load) the tokenizer, streaming the train split's texts, then tokenize both
@@ -323,7 +282,7 @@ class PretrainDataModule(pl.LightningDataModule):
 
     def _write_blocks(self, docs: datasets.DatasetDict, out: Path) -> None:
         length = self.packed_length
-        for name in SPLITS:
+        for name in self._block_splits():
             if self.data.packing:
                 total = packing.count_tokens(docs[name])
                 if total < length:
@@ -373,9 +332,9 @@ class PretrainDataModule(pl.LightningDataModule):
                         return chosen
             return chosen
 
-        trained_on = self._ready.get(self.tokenizer_dir / "docs")
-        chosen = self._load(self._docs_entry(), collect)
-        if trained_on is not None and self._ready.get(self.tokenizer_dir / "docs") != trained_on:
+        trained_on = self.entries.ready.get(self.tokenizer_dir / "docs")
+        chosen = self.entries.load(self._docs_entry(), collect)
+        if trained_on is not None and self.entries.ready.get(self.tokenizer_dir / "docs") != trained_on:
             raise RuntimeError(
                 f"cache: {self.tokenizer_dir / 'docs'} was rebuilt during the run with other token ids "
                 "than it trained on; run again"
@@ -390,13 +349,17 @@ class PretrainDataModule(pl.LightningDataModule):
         self.prepare_data()
         self.tokenizer = self._load_tokenizer()
         blocks = self._blocks_entry()
-        self.splits = self._load(
-            blocks, lambda: {name: datasets.load_from_disk(str(self.blocks_dir / name)) for name in SPLITS}
+        self.splits = self.entries.load(
+            blocks,
+            lambda: {
+                name: datasets.load_from_disk(str(self.blocks_dir / name)) for name in self._block_splits()
+            },
         )
         self.cache_hit = not self.built
+        train = "streamed train" if self.streaming else f"{len(self.splits['train'])} train"
         log.info(
-            "data: %d train / %d validation examples of %d tokens (%s)",
-            len(self.splits["train"]),
+            "data: %s / %d validation examples of %d tokens (%s)",
+            train,
             len(self.splits["validation"]),
             self.packed_length,
             "cache hit" if self.cache_hit else "built",
@@ -410,6 +373,8 @@ class PretrainDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """One pass over a seeded stream of batches covering the whole run (resumable)."""
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        if self.streaming:
+            return self._streaming_dataloader(rank, world)
         sampler = StreamBatchSampler(
             len(self.splits["train"]),
             self.data.batch_size,
@@ -427,6 +392,77 @@ class PretrainDataModule(pl.LightningDataModule):
             persistent_workers=self.data.num_workers > 0,
             generator=self._generator(),
         )
+
+    def _streaming_dataloader(self, rank: int, world: int) -> DataLoader:
+        """Batches cut from the stream by this process (and its workers, a shard each)."""
+        if self.start_batch and not self.positions:
+            raise ConfigError(
+                "resume: the checkpoint holds no stream position (saved by a run without "
+                "data.streaming=true); resume it as it was run"
+            )
+        if self.data.num_workers > 0:  # forked workers tokenize; each one thread (no fork warning)
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        blocks = StreamingBlocks(
+            self.training_stream,
+            self.tokenizer,
+            self.packed_length,
+            self.data.batch_size,
+            self.stream_seed,
+            window=self.data.shuffle_window,
+            total_batches=self.total_batches,
+            start_batch=self.start_batch,
+            rank=rank,
+            world_size=world,
+            workers=self.data.num_workers,
+            positions=self.positions,
+        )
+        return DataLoader(
+            blocks,
+            batch_size=None,  # the data set yields whole batches
+            collate_fn=PositionedCollate(self._require(self.collate_fn)),
+            num_workers=self.data.num_workers,
+            persistent_workers=self.data.num_workers > 0,
+            generator=self._generator(),
+        )
+
+    def stream_shards(self) -> int:
+        """Shards of a streamed corpus: one per DataLoader worker (or process) of every process."""
+        world = self.trainer.world_size if self.trainer else 1
+        return world * max(1, self.data.num_workers)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A streamed batch's position is noted as it is trained on, and taken off the batch."""
+        if isinstance(batch, dict) and POSITION in batch:
+            shard, position = batch.pop(POSITION)
+            self.positions[int(shard)] = position
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every shard's stream position (of all processes) for the checkpoint; empty otherwise.
+
+        Lightning asks every process for it when saving, so the positions are gathered here
+        and rank 0 writes them all.
+        """
+        if not self.streaming:
+            return {}
+        positions = dict(self.positions)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, positions)
+            positions = {shard: p for part in gathered for shard, p in part.items()}
+        return {"stream_shards": self.stream_shards(), "stream_positions": positions}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the shards' positions; they must be the shards this run makes."""
+        if not self.streaming or "stream_positions" not in state_dict:
+            return
+        shards = state_dict["stream_shards"]
+        if shards != self.stream_shards():
+            raise ConfigError(
+                f"resume: the stream was cut into {shards} shards (processes x data.num_workers), this run "
+                f"makes {self.stream_shards()}; resume with the run's devices and data.num_workers"
+            )
+        self.positions = {int(k): v for k, v in state_dict["stream_positions"].items()}
 
     def _generator(self) -> torch.Generator:
         # Iterating a DataLoader draws a base seed from its generator, or else from the global RNG,

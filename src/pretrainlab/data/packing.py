@@ -83,7 +83,7 @@ def _single_threaded_tokenizers() -> Iterator[None]:
         os.environ.pop("TOKENIZERS_PARALLELISM", None)
 
 
-def _encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[str]], list[list[int]]]:
+def encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[str]], list[list[int]]]:
     """Token ids of a batch of texts, no special tokens.
 
     A fast tokenizer is called through its Rust backend (``encode_batch_fast``: no offsets, no
@@ -132,7 +132,7 @@ def tokenize(
     """
     eos = tokenizer.eos_token_id
     continues = words.continuation_table(tokenizer) if word_segmenter else None
-    encode_ids = _encoder(tokenizer)
+    encode_ids = encoder(tokenizer)
 
     def encode(batch: dict[str, list[str]]) -> pa.Table:
         return pa.table({IDS: with_eos(encode_ids(batch[TEXT]), eos)})

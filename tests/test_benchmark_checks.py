@@ -103,3 +103,12 @@ def test_the_startup_table_reports_cold_warm_compile_and_break_even_per_variant(
     assert c_fast["break_even_steps_warm"] == pytest.approx(1 + 5.0 / 1.0)
     table = startup_table([rows])
     assert "| causal | C_fast | 60.0 | 15.0 | 50.0 / 5.0 | 1.000 | 6,000 | 51 / 6 |" in table
+
+
+def test_the_chunked_loss_benchmark_measures_the_same_loss_dense_and_in_chunks():
+    from benchmarks.chunked_loss import _measure
+
+    dense, chunked = (_measure(tokens=64, hidden=8, vocab=50, chunk=chunk) for chunk in (None, 16))
+    assert dense["variant"] == "dense" and chunked["variant"] == "chunk 16"
+    assert chunked["loss"] == pytest.approx(dense["loss"], rel=1e-5)
+    assert dense["step_s"] > 0 and dense["peak_above_inputs_mib"] >= 0

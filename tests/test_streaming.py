@@ -103,6 +103,29 @@ def test_processes_and_workers_cut_disjoint_shards_of_the_documents(compose_cfg,
     assert [rank1.shard_of(b) for b in range(4)] == [2, 3, 2, 3]
 
 
+def test_a_position_resumes_the_shard_exactly_again_and_again(compose_cfg, tiny_corpus) -> None:
+    """Blocks from a saved position are the ones that followed it, also from a position saved
+    by a resumed stream (a run resumed several times), across chunk, window and epoch ends."""
+    from pretrainlab.data import streaming
+
+    datamodule = _datamodule(compose_cfg)
+    epoch = len(_packed(datamodule, _documents(tiny_corpus)[HEAD:][1::2]))  # shard 1 of 2
+    stream = _stream(datamodule, window=5, world=2)
+    chunk_documents, streaming.CHUNK_DOCUMENTS = streaming.CHUNK_DOCUMENTS, 2  # many chunks
+    try:
+        whole = _take(stream.blocks(1, start_position()), epoch + 20)
+        position, done = start_position(), 0
+        for stop in (7, 23, 24, 31, epoch - 2, epoch + 9, epoch + 11, epoch + 20):
+            resumed = stream.blocks(1, position)
+            for _ in range(stop - done):
+                block, position = next(resumed)
+                assert block == whole[done], (stop, done)
+                done += 1
+        assert position["epoch"] == 1
+    finally:
+        streaming.CHUNK_DOCUMENTS = chunk_documents
+
+
 def _trained(path: Path) -> list[tuple[int, str]]:
     """(step, batch hash) of every batch whose step counts: a session's batches from the step
     the next session resumed at on were trained again there."""
@@ -210,5 +233,5 @@ def test_files_and_a_local_hub_folder_stream_their_documents(tmp_path, compose_c
     hub = compose_cfg("data=hub", f"data.name={folder}", "data.text_column=body", "data.max_documents=3")
     assert [d[TEXT] for d in stream_corpus(hub.data, tmp_path / "hf")] == ["文档0", "文档1", "文档2"]
     wrong = compose_cfg("data=hub", f"data.name={folder}", "data.text_column=text")
-    with pytest.raises(ConfigError, match=r"^data\.text_column=text: no such column .* \(columns: body, id\)"):
+    with pytest.raises(ConfigError, match=r"^data\.text_column=text: no such column .*\(columns: body, id\)"):
         stream_corpus(wrong.data, tmp_path / "hf")

@@ -47,7 +47,8 @@ class MaskedObjectiveConfig(ObjectiveConfig):
 
 @dataclass
 class CausalObjectiveConfig(ObjectiveConfig):
-    pass
+    # Output layer + loss this many tokens at a time (models/chunked_loss.py); null: dense logits.
+    loss_chunk_tokens: int | None = None
 
 
 @dataclass

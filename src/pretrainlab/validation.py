@@ -99,6 +99,11 @@ def validate(cfg: DictConfig, *, with_libraries: bool = True) -> None:
     if not isinstance(cfg.get("offline", True), bool):
         raise ConfigError(f"offline={cfg.offline}: must be true or false")
     _check_baseline(cfg)
+    chunk = obj.get("loss_chunk_tokens")  # causal only
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ConfigError(
+            f"objective.loss_chunk_tokens={chunk}: must be a number of tokens, at least 1 (or null)"
+        )
     if obj.name in ("masked", "seq2seq", "prefix"):
         _check_fraction(obj.mask_probability, "objective.mask_probability")
     if obj.name == "masked":

@@ -179,12 +179,12 @@ class StreamingBlocks(IterableDataset):
         chunks = stream.iter(batch_size=CHUNK_DOCUMENTS)
         encode = encoder(self.tokenizer)
         eos = self.tokenizer.eos_token_id
-        while True:
-            key = stream.state_dict()
-            chunk = next(chunks, None)
-            if chunk is None:
-                return
+        # The first chunk starts where the stream was opened: before it is iterated, a stream
+        # that loaded a state reports the initial one.
+        key = state
+        for chunk in chunks:
             yield key, pc.list_flatten(with_eos(encode(chunk[TEXT]), eos)).to_numpy()
+            key = stream.state_dict()  # where the next chunk starts
 
     def blocks(self, shard: int, position: Position) -> Iterator[tuple[list[int], Position]]:
         """The shard's blocks from ``position`` on, each with the position after it."""

@@ -3,12 +3,15 @@
 Labels are the inputs themselves (the model shifts them), padding excluded: exactly
 transformers' ``DataCollatorForLanguageModeling(mlm=False)``. Documents inside a packed block
 are separated by eos, so the model learns where one ends and the next begins.
+
+``objective.loss_chunk_tokens=N`` computes the output layer and its loss N tokens at a time
+(``models/chunked_loss.py``): the same loss, without the (tokens x vocabulary) logits.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +20,11 @@ from transformers import (
     DataCollatorForLanguageModeling,
     GenerationConfig,
 )
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from pretrainlab.config import ConfigError
 from pretrainlab.generation.decode import generate_with, strip_after_eos
+from pretrainlab.models.chunked_loss import chunked_linear_cross_entropy
 from pretrainlab.objectives.base import IGNORE, Batch, Collator, PretrainingObjective
 
 
@@ -31,6 +37,34 @@ class CausalLM(PretrainingObjective):
 
     def build_collator(self) -> Collator:
         return DataCollatorForLanguageModeling(self.tokenizer, mlm=False)
+
+    def forward(self, batch: Batch) -> Any:
+        """With labels and ``loss_chunk_tokens`` set: the body on every position, then the output
+        layer and next-token loss a chunk at a time (no logits are returned); else the model's own."""
+        chunk = self.settings.get("loss_chunk_tokens")
+        labels = batch.get("labels")
+        if not chunk or labels is None:
+            return super().forward(batch)
+        head = self.model.get_output_embeddings()
+        scaled = [
+            k for k in ("final_logit_softcapping", "logit_scale") if getattr(self.model.config, k, None)
+        ]
+        if not isinstance(head, torch.nn.Linear) or scaled:
+            raise ConfigError(
+                f"objective.loss_chunk_tokens={chunk}: {type(self.model).__name__} does not end in a plain "
+                "linear output layer" + (f" ({', '.join(scaled)})" if scaled else "") + "; set it to null"
+            )
+        inputs = {k: v for k, v in batch.items() if k != "labels" and not k.startswith("_")}
+        hidden = self.model.base_model(**inputs).last_hidden_state  # (B, T, H)
+        # Position t predicts token t + 1, as the model's own loss shifts them.
+        loss = chunked_linear_cross_entropy(
+            hidden[:, :-1].reshape(-1, hidden.shape[-1]),
+            head.weight,
+            head.bias,
+            labels[:, 1:].reshape(-1),
+            chunk,
+        )
+        return CausalLMOutputWithPast(loss=loss)
 
     def _with_start(self, prefix: list[int]) -> list[int]:
         # In packed training text every document follows an eos: start prompts the same way.

@@ -215,6 +215,11 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     gradient_clip_val: float | None = 1.0
     accumulate_grad_batches: int = 1
+    # Examples per optimizer step across all processes; when set, accumulate_grad_batches follows
+    # from it (global / (data.batch_size x processes)), so data.batch_size, the micro-batch, can
+    # grow with the memory at hand without changing the optimisation. null: batch x processes x
+    # accumulate_grad_batches.
+    global_batch_size: int | None = None
     deterministic: bool = False
     # torch.compile the backbone's transformer body (not a Lightning setting: applied by train()).
     compile: bool = False

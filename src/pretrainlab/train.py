@@ -18,7 +18,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from pretrainlab.build import build_datamodule, build_objective
@@ -38,7 +38,7 @@ from pretrainlab.evaluation.bookkeeping import bookkeeping_metrics, seq2seq_toke
 from pretrainlab.network import apply_offline
 from pretrainlab.objectives.base import PretrainingObjective
 from pretrainlab.utils import finish_wandb, print_config_tree, quiet_third_party, write_json_atomic
-from pretrainlab.validation import validate
+from pretrainlab.validation import accumulation, processes, validate
 from pretrainlab.wandb_logging import build_wandb_logger, log_run_end
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def trainer_settings(cfg: DictConfig, tokens_per_step: float) -> dict[str, Any]:
     for key in ("strategy", "profiler"):  # objects, e.g. trainer=ddp's strategy, debug=profiler's profiler
         if isinstance(settings.get(key), dict):
             settings[key] = instantiate(cfg.trainer[key])
-    for ours in ("compile", "validate_at_start", "checkpoint_every_n_steps"):  # pretrainlab's own
+    for ours in ("compile", "validate_at_start", "checkpoint_every_n_steps", "global_batch_size"):  # ours
         settings.pop(ours, None)
     max_tokens = settings.pop("max_tokens")
     if max_tokens is not None:
@@ -93,8 +93,7 @@ def _checkpoint_step(ckpt: str) -> int:
 
 
 def _world(cfg: DictConfig) -> int:
-    devices = cfg.trainer.devices
-    return devices if isinstance(devices, int) and devices > 0 else 1
+    return processes(cfg)
 
 
 def _check_batch_fits(cfg: DictConfig, datamodule: PretrainDataModule) -> None:
@@ -125,6 +124,8 @@ def train(cfg: DictConfig, *, validated: bool = False) -> dict[str, Any]:
     if not validated:
         validate(cfg)
     apply_offline(cfg.get("offline", True))  # configs saved before the key existed: offline
+    with open_dict(cfg):  # trainer.global_batch_size decides the accumulation (saved as given)
+        cfg.trainer.accumulate_grad_batches = accumulation(cfg)
     quiet_third_party()
     out = Path(cfg.paths.output_dir)
     if is_rank_zero():

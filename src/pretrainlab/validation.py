@@ -48,6 +48,36 @@ def _check_baseline(cfg: DictConfig) -> None:
         )
 
 
+def processes(cfg: DictConfig) -> int:
+    """The processes a run trains in (``trainer.devices`` when it is a count; else one)."""
+    devices = cfg.trainer.devices
+    return devices if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0 else 1
+
+
+def accumulation(cfg: DictConfig) -> int:
+    """Micro-batches per optimizer step: from ``trainer.global_batch_size`` when it is set (it
+    must be a multiple of data.batch_size x processes), else ``trainer.accumulate_grad_batches``.
+    Raises ConfigError, naming the keys, when the two disagree or the global batch does not divide.
+    """
+    trainer = cfg.trainer
+    wanted = trainer.get("global_batch_size")  # configs saved before the key existed: unset
+    if wanted is None:
+        return trainer.accumulate_grad_batches
+    micro = cfg.data.batch_size * processes(cfg)
+    if isinstance(wanted, bool) or wanted < 1 or wanted % micro:
+        raise ConfigError(
+            f"trainer.global_batch_size={wanted}: must be a positive multiple of data.batch_size x processes "
+            f"({cfg.data.batch_size} x {processes(cfg)} = {micro})"
+        )
+    steps = wanted // micro
+    if trainer.accumulate_grad_batches not in (1, steps):
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: trainer.global_batch_size="
+            f"{wanted} sets it ({steps}); set only one of them"
+        )
+    return steps
+
+
 def _check_streaming(cfg: DictConfig) -> None:
     """``data.streaming``: packed blocks only, and none of what needs the corpus up front."""
     data = cfg.data
@@ -174,6 +204,7 @@ def validate(cfg: DictConfig, *, with_libraries: bool = True) -> None:
     if num_proc is not None and num_proc < 1:
         raise ConfigError(f"data.num_proc={num_proc}: must be at least 1 (or null: the usable cores)")
     _check_streaming(cfg)
+    accumulation(cfg)
     cap = cfg.tokenizer.get("max_training_documents")
     if cap is not None and cap < 1:
         raise ConfigError(f"tokenizer.max_training_documents={cap}: must be at least 1 (or null: all)")

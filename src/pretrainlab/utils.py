@@ -179,6 +179,9 @@ THIRD_PARTY_WARNINGS = (
     # A streamed corpus's data set (data/streaming.py) has the run's exact batch count as its
     # length, each DataLoader worker cutting its own shard: the case the warning is about.
     r"Your `IterableDataset` has `__len__` defined",
+    # Said on every resume: pretrainlab's training stream resumes by itself (the batch number, or
+    # a streamed corpus's positions in the checkpoint; tests/test_resume_exact.py, test_streaming.py).
+    r"You're resuming from a checkpoint that ended before the epoch ended",
 )
 
 

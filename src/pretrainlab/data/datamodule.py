@@ -12,6 +12,7 @@ and a run without it never segments.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -31,7 +32,13 @@ from pretrainlab.data import packing, words
 from pretrainlab.data.corpus import TEXT, corpus_fingerprint, load_corpus, stream_corpus
 from pretrainlab.data.entries import CacheEntries, Entry
 from pretrainlab.data.sampling import StreamBatchSampler, StreamDataset
-from pretrainlab.data.streaming import POSITION, Position, PositionedCollate, StreamingBlocks
+from pretrainlab.data.streaming import (
+    POSITION,
+    Position,
+    PositionedCollate,
+    StreamingBlocks,
+    training_documents,
+)
 from pretrainlab.data.tokenizer import DatasetTexts, build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -243,7 +250,7 @@ class PretrainDataModule(pl.LightningDataModule):
 
     def training_stream(self) -> datasets.IterableDataset:
         """The stream of training documents: all but the validation head (``data.streaming``)."""
-        return stream_corpus(self.data, self.cache_dir / "hf").skip(self.data.validation_documents)
+        return training_documents(self.data, self.cache_dir / "hf")
 
     def _block_splits(self) -> tuple[str, ...]:
         """The splits cut into cached blocks: a streamed corpus's training blocks are cut while training."""
@@ -403,7 +410,7 @@ class PretrainDataModule(pl.LightningDataModule):
         if self.data.num_workers > 0:  # forked workers tokenize; each one thread (no fork warning)
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         blocks = StreamingBlocks(
-            self.training_stream,
+            functools.partial(training_documents, self.data, self.cache_dir / "hf"),
             self.tokenizer,
             self.packed_length,
             self.data.batch_size,

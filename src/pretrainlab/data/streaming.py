@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -38,7 +39,7 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import IterableDataset, get_worker_info
 from transformers import PreTrainedTokenizerBase
 
-from pretrainlab.data.corpus import TEXT
+from pretrainlab.data.corpus import TEXT, stream_corpus
 from pretrainlab.data.packing import IDS, encoder, with_eos
 from pretrainlab.data.sampling import BATCH_KEY
 
@@ -47,6 +48,15 @@ POSITION = "_stream_position"
 # (plus a token offset), so the stream's state is taken once per chunk, not per document.
 CHUNK_DOCUMENTS = 256
 Position = dict[str, Any]
+
+
+def training_documents(data: Any, cache_dir: Path) -> datasets.IterableDataset:
+    """The stream of training documents: all but the first ``data.validation_documents``.
+
+    A module-level function (given to the data set with ``functools.partial``), so that
+    DataLoader workers started by spawn or forkserver can unpickle it.
+    """
+    return stream_corpus(data, cache_dir).skip(data.validation_documents)
 
 
 def start_position() -> Position:
@@ -88,7 +98,7 @@ class _Tokens:
         self._fill(count)
         parts, want = [], min(count, self.available)
         while want:
-            key, tokens = self.pending[0]
+            _, tokens = self.pending[0]
             part = tokens[self.offset : self.offset + want]
             parts.append(part)
             want -= len(part)

@@ -103,3 +103,36 @@ def test_the_setting_reaches_the_objective_and_a_bad_value_is_refused(compose_cf
             validate(
                 compose_cfg("objective=causal", f"objective.loss_chunk_tokens={bad}"), with_libraries=False
             )
+
+
+def test_without_gradients_only_the_loss_is_computed() -> None:
+    """Validation runs under no_grad with parameters that still require gradients: one matrix
+    product per chunk (the logits), not the three a training step needs."""
+    hidden, weight = torch.randn(12, 6), torch.randn(13, 6, requires_grad=True)
+    labels = torch.randint(0, 13, (12,))
+
+    def products(grad: bool) -> int:
+        with torch.set_grad_enabled(grad), torch.autograd.profiler.profile() as prof:
+            chunked_linear_cross_entropy(hidden, weight, None, labels, 4)
+        return sum(1 for e in prof.function_events if e.name in ("aten::mm", "aten::addmm"))
+
+    assert products(grad=False) == 3 and products(grad=True) == 9
+
+
+def test_a_model_that_changes_its_logits_is_refused_when_built() -> None:
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    config.final_logit_softcapping = 30.0  # what e.g. Gemma 2 does after its output layer
+    with pytest.raises(
+        ConfigError,
+        match=r"^objective\.loss_chunk_tokens=8: LlamaForCausalLM does not end in a plain linear "
+        r"output layer \(final_logit_softcapping\)",
+    ):
+        CausalLM(LlamaForCausalLM(config), tokenizer=None, loss_chunk_tokens=8)
+    assert CausalLM(LlamaForCausalLM(config), tokenizer=None).settings == {}  # dense: fine

@@ -36,6 +36,11 @@ def test_the_global_batch_sets_the_accumulation(compose_cfg, overrides, steps) -
         (("data.batch_size=4", "trainer=ddp", "trainer.global_batch_size=12"), r"\(4 x 2 = 8\)"),
         (("trainer.global_batch_size=0",), r"^trainer\.global_batch_size=0: must be a positive multiple"),
         (
+            ("trainer.devices=auto", "trainer.global_batch_size=16"),
+            r"needs trainer\.devices as a number of processes \(got auto\)",
+        ),
+        (("trainer.devices=-1", "trainer.global_batch_size=16"), r"\(got -1\)"),
+        (
             ("data.batch_size=4", "trainer.global_batch_size=16", "trainer.accumulate_grad_batches=2"),
             r"^trainer\.accumulate_grad_batches=2: trainer\.global_batch_size=16 sets it \(4\); set only one",
         ),

@@ -19,7 +19,7 @@ from pretrainlab.config import ConfigError
 from pretrainlab.data import packing
 from pretrainlab.data.corpus import TEXT
 from pretrainlab.data.datamodule import PretrainDataModule
-from pretrainlab.data.streaming import StreamingBlocks, start_position
+from pretrainlab.data.streaming import POSITION, StreamingBlocks, start_position
 from pretrainlab.validation import validate
 
 HEAD = 20
@@ -176,10 +176,12 @@ def test_a_stopped_streaming_run_resumes_at_the_block_it_stopped_at(
     assert run(cut, "+callbacks.stopper._target_=batch_probe.StopAtStep", "+callbacks.stopper.step=4") is None
     state = torch.load(cut / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     saved = state["PretrainDataModule"]
-    assert state["global_step"] == 3 and saved["stream_shards"] == 2
+    assert state["global_step"] == 3 and (saved["stream_processes"], saved["stream_workers"]) == (1, 2)
     assert {shard: p["taken"] for shard, p in saved["stream_positions"].items()} == {0: 2, 1: 1}
 
-    with pytest.raises(ConfigError, match=r"^resume: the stream was cut into 2 shards .* this run makes 3"):
+    with pytest.raises(
+        ConfigError, match=r"^resume: the stream was cut by 1 processes x 2 workers, this run uses 1 x 3"
+    ):
         run(cut, f"resume={cut}", "data.num_workers=3")
     resumed = run(cut, f"resume={cut}")
     assert resumed is not None and full is not None
@@ -228,10 +230,38 @@ def test_files_and_a_local_hub_folder_stream_their_documents(tmp_path, compose_c
 
     folder = tmp_path / "hub"
     folder.mkdir()
-    rows = [{"body": f"文档{i}", "id": i} for i in range(5)]
+    rows = [{"body": f"文档{i}" + ("\ufffd" if i == 1 else ""), "id": i} for i in range(5)]
     (folder / "part.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     hub = compose_cfg("data=hub", f"data.name={folder}", "data.text_column=body", "data.max_documents=3")
-    assert [d[TEXT] for d in stream_corpus(hub.data, tmp_path / "hf")] == ["文档0", "文档1", "文档2"]
+    # A replacement character a JSON document holds is text like any other: kept.
+    assert [d[TEXT] for d in stream_corpus(hub.data, tmp_path / "hf")] == ["文档0", "文档1\ufffd", "文档2"]
     wrong = compose_cfg("data=hub", f"data.name={folder}", "data.text_column=text")
     with pytest.raises(ConfigError, match=r"^data\.text_column=text: no such column .*\(columns: body, id\)"):
         stream_corpus(wrong.data, tmp_path / "hf")
+
+
+def test_each_process_restores_and_saves_only_its_own_shards(compose_cfg) -> None:
+    """A checkpoint holds every process's shards; each process takes back its own, so what it
+    saves next is what it trained, never the others' positions as they were when it resumed
+    (rank 0 writes the merge of what every process sends)."""
+    from types import SimpleNamespace
+
+    datamodule = _datamodule(compose_cfg, "data.num_workers=2")
+    datamodule.trainer = SimpleNamespace(global_rank=1, world_size=2)
+    saved = {shard: {**start_position(), "taken": shard} for shard in range(4)}
+    datamodule.load_state_dict({"stream_processes": 2, "stream_workers": 2, "stream_positions": saved})
+    assert datamodule.positions == {2: saved[2], 3: saved[3]}
+    datamodule.on_after_batch_transfer({"input_ids": 0, POSITION: (3, {**start_position(), "taken": 9})}, 0)
+    state = datamodule.state_dict()
+    assert state["stream_positions"] == {2: saved[2], 3: {**start_position(), "taken": 9}}
+    with pytest.raises(ConfigError, match=r"cut by 4 processes x 1 workers, this run uses 2 x 2"):
+        datamodule.load_state_dict({"stream_processes": 4, "stream_workers": 1, "stream_positions": saved})
+
+
+def test_a_loaded_tokenizer_streams_without_a_sample(compose_cfg, tmp_path) -> None:
+    """tokenizer=pretrained: the stream's head is the validation split alone; training reads on."""
+    trained = _datamodule(compose_cfg)
+    trained.tokenizer.save_pretrained(tmp_path / "tok")
+    datamodule = _datamodule(compose_cfg, "tokenizer=pretrained", f"tokenizer.pretrained={tmp_path / 'tok'}")
+    assert len(datamodule.splits["validation"]) > 0
+    assert _take(_stream(datamodule, window=1).blocks(0, start_position()), 3)

@@ -63,6 +63,12 @@ def accumulation(cfg: DictConfig) -> int:
     wanted = trainer.get("global_batch_size")  # configs saved before the key existed: unset
     if wanted is None:
         return trainer.accumulate_grad_batches
+    devices = trainer.devices
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ConfigError(
+            f"trainer.global_batch_size={wanted}: needs trainer.devices as a number of processes "
+            f"(got {devices}), to know the accumulation"
+        )
     micro = cfg.data.batch_size * processes(cfg)
     if isinstance(wanted, bool) or wanted < 1 or wanted % micro:
         raise ConfigError(

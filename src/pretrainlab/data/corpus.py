@@ -334,11 +334,12 @@ def stream_corpus(data: Any, cache_dir: Path) -> datasets.IterableDataset:
     the first ones. A .txt file is decoded leniently and its lines that are not UTF-8 dropped
     (counting them would read the whole corpus before the first step).
     """
+    lenient = False  # decoded with replacement characters: drop the lines that hold one
     if data.source == "sample_zh":
         ds = load_sample_zh().to_iterable_dataset()
         column = TEXT
     elif data.source == "files":
-        ds, column = _stream_files(data)
+        ds, column, lenient = _stream_files(data)
     elif data.source == "hub":
         try:
             ds = datasets.load_dataset(
@@ -361,7 +362,9 @@ def stream_corpus(data: Any, cache_dir: Path) -> datasets.IterableDataset:
         )
 
     def keep(batch: dict[str, list[Any]]) -> list[bool]:
-        return [isinstance(t, str) and bool(t.strip()) and "\ufffd" not in t for t in batch[column]]
+        return [
+            isinstance(t, str) and bool(t.strip()) and not (lenient and "\ufffd" in t) for t in batch[column]
+        ]
 
     ds = ds.select_columns([column]).filter(keep, batched=True)
     if column != TEXT:
@@ -371,21 +374,22 @@ def stream_corpus(data: Any, cache_dir: Path) -> datasets.IterableDataset:
     return ds
 
 
-def _stream_files(data: Any) -> tuple[datasets.IterableDataset, str]:
-    """A local corpus as a stream, and the column that holds its text."""
+def _stream_files(data: Any) -> tuple[datasets.IterableDataset, str, bool]:
+    """A local corpus as a stream, the column that holds its text, and whether it was decoded
+    leniently (.txt files)."""
     path = Path(data.path).expanduser()
     if not path.exists():
         raise ConfigError(f"data.path={data.path}: no such file or directory")
     if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
         loaded = datasets.load_from_disk(str(path))
         ds = loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
-        return ds.to_iterable_dataset(), data.text_column
+        return ds.to_iterable_dataset(), data.text_column, False
     builder, files = _files_builder(path, f"data.path={data.path}")
     if all(Path(f).stat().st_size == 0 for f in files):
         raise ConfigError(f"data.path={data.path}: the corpus is empty (no bytes in its files)")
     options: dict[str, Any] = {"encoding_errors": "replace"} if builder == "text" else {}
     ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **options)
-    return ds, TEXT if builder == "text" else data.text_column
+    return ds, TEXT if builder == "text" else data.text_column, builder == "text"
 
 
 def _where(data: Any) -> str:

@@ -234,17 +234,19 @@ class PretrainDataModule(pl.LightningDataModule):
         head = self.data.validation_documents
         sample = self.max_training_documents() or 0
         texts: list[str] = []
-        for document in stream_corpus(self.data, self.cache_dir / "hf").take(head + sample):
+        # One document past the head at least: the training stream must not be empty.
+        for document in stream_corpus(self.data, self.cache_dir / "hf").take(head + max(sample, 1)):
             texts.append(document[TEXT])
         if len(texts) <= head:
             raise ConfigError(
                 f"{self._where()}: the stream holds {len(texts)} documents, no more than "
                 f"data.validation_documents={head} (lower it: the rest of the stream is for training)"
             )
+        features = datasets.Features({TEXT: datasets.Value("string")})
         return datasets.DatasetDict(
             {
-                "train": datasets.Dataset.from_dict({TEXT: texts[head:]}),
-                "test": datasets.Dataset.from_dict({TEXT: texts[:head]}),
+                "train": datasets.Dataset.from_dict({TEXT: texts[head : head + sample]}, features=features),
+                "test": datasets.Dataset.from_dict({TEXT: texts[:head]}, features=features),
             }
         )
 
@@ -263,10 +265,11 @@ class PretrainDataModule(pl.LightningDataModule):
         texts = DatasetTexts(split["train"], TEXT, self.max_training_documents())
         tokenizer = build_tokenizer(self.tokenizer_cfg, self.objective, texts, _CACHED_MAX_LENGTH)
         tokenizer.save_pretrained(str(out / "tokenizer"))
-        docs = datasets.DatasetDict(
+        parts = {name: split["test" if name == "validation" else name] for name in self._block_splits()}
+        docs = datasets.DatasetDict(  # a streamed corpus: its validation split only
             {
-                name: packing.tokenize(split[part], tokenizer, num_proc=self.num_proc(len(split[part])))
-                for name, part in (("train", "train"), ("validation", "test"))
+                name: packing.tokenize(part, tokenizer, num_proc=self.num_proc(len(part)))
+                for name, part in parts.items()
             }
         )
         docs.save_to_disk(str(out / "docs"))
@@ -421,7 +424,7 @@ class PretrainDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=world,
             workers=self.data.num_workers,
-            positions=self.positions,
+            positions=dict(self.positions),  # this module's go on with the batches trained
         )
         return DataLoader(
             blocks,
@@ -432,11 +435,6 @@ class PretrainDataModule(pl.LightningDataModule):
             generator=self._generator(),
         )
 
-    def stream_shards(self) -> int:
-        """Shards of a streamed corpus: one per DataLoader worker (or process) of every process."""
-        world = self.trainer.world_size if self.trainer else 1
-        return world * max(1, self.data.num_workers)
-
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """A streamed batch's position is noted as it is trained on, and taken off the batch."""
         if isinstance(batch, dict) and POSITION in batch:
@@ -444,32 +442,40 @@ class PretrainDataModule(pl.LightningDataModule):
             self.positions[int(shard)] = position
         return batch
 
+    def _stream_layout(self) -> tuple[int, int, int]:
+        """(this process's rank, processes, shards per process) of a streamed corpus."""
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return rank, world, max(1, self.data.num_workers)
+
     def state_dict(self) -> dict[str, Any]:
         """Every shard's stream position (of all processes) for the checkpoint; empty otherwise.
 
-        Lightning asks every process for it when saving, so the positions are gathered here
-        and rank 0 writes them all.
+        Lightning asks every process for it when saving, so each sends the positions of its own
+        shards (it also holds the others' as they were loaded, now stale) and rank 0 writes all.
         """
         if not self.streaming:
             return {}
-        positions = dict(self.positions)
+        rank, world, workers = self._stream_layout()
+        positions = {shard: p for shard, p in self.positions.items() if shard // workers == rank}
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, positions)
             positions = {shard: p for part in gathered for shard, p in part.items()}
-        return {"stream_shards": self.stream_shards(), "stream_positions": positions}
+        return {"stream_processes": world, "stream_workers": workers, "stream_positions": positions}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the shards' positions; they must be the shards this run makes."""
+        """Restore this process's shards' positions; the run must cut the stream as it was cut."""
         if not self.streaming or "stream_positions" not in state_dict:
             return
-        shards = state_dict["stream_shards"]
-        if shards != self.stream_shards():
+        rank, world, workers = self._stream_layout()
+        saved = (state_dict["stream_processes"], state_dict["stream_workers"])
+        if saved != (world, workers):
             raise ConfigError(
-                f"resume: the stream was cut into {shards} shards (processes x data.num_workers), this run "
-                f"makes {self.stream_shards()}; resume with the run's devices and data.num_workers"
+                f"resume: the stream was cut by {saved[0]} processes x {saved[1]} workers, this run uses "
+                f"{world} x {workers}; resume with the run's trainer.devices and data.num_workers"
             )
-        self.positions = {int(k): v for k, v in state_dict["stream_positions"].items()}
+        positions = {int(k): v for k, v in state_dict["stream_positions"].items()}
+        self.positions = {shard: p for shard, p in positions.items() if shard // workers == rank}
 
     def _generator(self) -> torch.Generator:
         # Iterating a DataLoader draws a base seed from its generator, or else from the global RNG,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
 IGNORE_INDEX = -100
 
@@ -28,8 +29,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         bias: torch.Tensor | None,
         labels: torch.Tensor,
         chunk: int,
+        wants_grad: bool,
     ) -> torch.Tensor:
-        wants_grad = any(ctx.needs_input_grad[:3])
         exact = torch.promote_types(weight.dtype, torch.float32)  # the softmax in fp32 at least
         valid = labels != IGNORE_INDEX
         count = valid.sum().clamp(min=1).to(exact)
@@ -60,6 +61,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return total / count
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         scale = grad_output.to(grad_hidden.dtype)
@@ -69,6 +71,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_bias * scale.to(grad_bias.dtype)
             if grad_bias is not None and ctx.needs_input_grad[2]
             else None,
+            None,
             None,
             None,
         )
@@ -89,4 +92,9 @@ def chunked_linear_cross_entropy(
     """
     if chunk < 1:
         raise ValueError(f"chunk={chunk}: must be at least 1")
-    return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, labels, chunk)
+    # Decided here: inside the Function's forward grad mode is always off, and parameters keep
+    # requires_grad under no_grad, so validation would otherwise compute every gradient too.
+    wants_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias)
+    )
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, labels, chunk, wants_grad)

@@ -38,6 +38,18 @@ class CausalLM(PretrainingObjective):
     def build_collator(self) -> Collator:
         return DataCollatorForLanguageModeling(self.tokenizer, mlm=False)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        chunk = self.settings.get("loss_chunk_tokens")
+        scaled = [
+            k for k in ("final_logit_softcapping", "logit_scale") if getattr(self.model.config, k, None)
+        ]
+        if chunk and (not isinstance(self.model.get_output_embeddings(), torch.nn.Linear) or scaled):
+            raise ConfigError(  # before training: the loss would skip what the model does to its logits
+                f"objective.loss_chunk_tokens={chunk}: {type(self.model).__name__} does not end in a plain "
+                "linear output layer" + (f" ({', '.join(scaled)})" if scaled else "") + "; set it to null"
+            )
+
     def forward(self, batch: Batch) -> Any:
         """With labels and ``loss_chunk_tokens`` set: the body on every position, then the output
         layer and next-token loss a chunk at a time (no logits are returned); else the model's own."""
@@ -46,14 +58,6 @@ class CausalLM(PretrainingObjective):
         if not chunk or labels is None:
             return super().forward(batch)
         head = self.model.get_output_embeddings()
-        scaled = [
-            k for k in ("final_logit_softcapping", "logit_scale") if getattr(self.model.config, k, None)
-        ]
-        if not isinstance(head, torch.nn.Linear) or scaled:
-            raise ConfigError(
-                f"objective.loss_chunk_tokens={chunk}: {type(self.model).__name__} does not end in a plain "
-                "linear output layer" + (f" ({', '.join(scaled)})" if scaled else "") + "; set it to null"
-            )
         inputs = {k: v for k, v in batch.items() if k != "labels" and not k.startswith("_")}
         hidden = self.model.base_model(**inputs).last_hidden_state  # (B, T, H)
         # Position t predicts token t + 1, as the model's own loss shifts them.

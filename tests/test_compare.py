@@ -502,3 +502,15 @@ def test_a_resumed_job_is_the_same_setting_not_a_resume_column(tmp_path: Path) -
         {"objective": "masked", "objective.mask_probability": 0.15},
         {"objective": "masked", "objective.mask_probability": 0.4},
     ]
+
+
+def test_the_report_header_counts_evaluations_apart_from_jobs() -> None:
+    """A decoding sweep that trained 2 models and evaluated them under 10 other decodings."""
+    from pretrainlab.compare.report import _row_kinds
+
+    jobs = [{"dir": str(i)} for i in range(2)]
+    evaluations = [{"dir": f"{i % 2}/eval/decoding=d{i}"} for i in range(10)]
+    assert _row_kinds(jobs + evaluations) == (
+        "2 jobs and combinations and 10 evaluations of their models with other decodings"
+    )
+    assert _row_kinds(jobs) == "2 jobs and combinations"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pretrainlab.compare.collect import CompareError, Row, collect
+from pretrainlab.compare.collect import EVAL_DIR, CompareError, Row, collect
 from pretrainlab.compare.formatting import (
     ALL,
     display_cells,
@@ -156,6 +156,16 @@ def _write_plots(rows: Sequence[Row], columns: list[str], out: Path, selected: b
             report.skipped_plots[name] = PLOT_REASONS[name]
 
 
+def _row_kinds(rows: Sequence[Row]) -> str:
+    """``12 jobs and combinations``, or ``2 jobs and combinations and 10 evaluations of their
+    models with other decodings`` when a sweep over decoding trained each model once."""
+    evaluations = sum(1 for row in rows if f"/{EVAL_DIR}/" in str(row["dir"]))
+    jobs = f"{len(rows) - evaluations} jobs and combinations"
+    if not evaluations:
+        return jobs
+    return f"{jobs} and {evaluations} evaluations of their models with other decodings"
+
+
 def _markdown(sweep: Path, command: str, rows: Sequence[Row], table: pd.DataFrame, report: Report) -> str:
     counts: dict[str, int] = {}
     for row in rows:
@@ -165,7 +175,7 @@ def _markdown(sweep: Path, command: str, rows: Sequence[Row], table: pd.DataFram
     parts = [
         f"# Sweep report: {sweep.resolve().name}",
         f"Produced by `{command}`.",
-        f"{len(rows)} jobs and combinations: {summary}.",
+        f"{_row_kinds(rows)}: {summary}.",
         to_markdown(shown),
         *_view_notes(shown),
         SEED_NOTE,

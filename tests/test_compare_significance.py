@@ -399,3 +399,26 @@ def test_python_dash_m_runs_the_command() -> None:
         [sys.executable, "-m", "pretrainlab.compare", "--help"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "pretrainlab-compare" in result.stdout
+
+
+def test_rows_of_one_model_under_two_decodings_are_tested_only_on_what_decoding_changes() -> None:
+    """Job 0 and its eval/ folder hold one model: its cloze scores are the same numbers, so
+    comparing them is no test; its generation metric differs with the decoding, and is tested.
+    Another job's model is tested against both on everything."""
+    from pretrainlab.compare.ranking import pair_tests
+
+    cloze, distinct = "cloze/exact_match_k1", "gen/distinct_2"
+
+    def group(folder: str, seed: int) -> dict:
+        model_seed = 1 if folder.startswith("0") else 2  # the cloze scores belong to the model
+        items = {
+            cloze: bernoulli(0.4, np.random.default_rng(model_seed), metric=cloze),
+            distinct: bernoulli(0.5, np.random.default_rng(seed), metric=distinct),
+        }
+        return {"status": "ok", "members": [{"dir": folder, "items": items}]}
+
+    groups = [group("0", 3), group("0/eval/decoding=top_p", 4), group("1", 5)]
+    tested = {
+        (r["metric"], r["a_row"], r["b_row"]) for r in pair_tests(groups, [cloze, distinct], ["a", "b", "c"])
+    }
+    assert tested == {(cloze, 0, 2), (cloze, 1, 2), (distinct, 0, 1), (distinct, 0, 2), (distinct, 1, 2)}

@@ -221,9 +221,14 @@ def is_decoding_key(key: str) -> bool:
     return key == "decoding" or key.startswith("decoding.")
 
 
-def _decoding_dependent(key: str) -> bool:
+def decoding_dependent(key: str) -> bool:
     """A metrics.json key measured with the run's decoding, which an evaluation folder replaces."""
     return key.startswith("gen/") or key in DECODING_METRICS
+
+
+def trained_model(row_dir: str) -> str:
+    """The job folder whose model a row's numbers come from: an ``eval/`` row's is its job's."""
+    return row_dir.split(f"/{EVAL_DIR}/", 1)[0]
 
 
 def _eval_row(job: Row, folder: Path) -> Row:
@@ -232,7 +237,7 @@ def _eval_row(job: Row, folder: Path) -> Row:
     listed = evaluated.get("overrides")
     own = parse_overrides(listed if isinstance(listed, list) else folder.name.split(","))
     overrides = {k: v for k, v in job["overrides"].items() if not is_decoding_key(k)}
-    metrics = {k: v for k, v in job["metrics"].items() if not _decoding_dependent(k)}
+    metrics = {k: v for k, v in job["metrics"].items() if not decoding_dependent(k)}
     config = {**job["config"], **_read_config_file(folder / "config.yaml")}
     if evaluated.get("decoding") is not None:
         config["decoding.name"] = evaluated["decoding"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from pretrainlab.compare.collect import FIXED, Row
+from pretrainlab.compare.collect import FIXED, Row, decoding_dependent, trained_model
 from pretrainlab.compare.statistics import bootstrap_pairs, common_ids
 
 # A key containing one of these is better when lower / higher; any other key is not marked.
@@ -58,16 +58,23 @@ def pair_tests(groups: Sequence[Row], metrics: Sequence[str], labels: Sequence[s
     significance.csv holds, and what ``best_of`` reads.
 
     A row takes part when every one of its runs has the metric's item scores; rows of runs
-    written before eval_items.jsonl existed are left to the seed-range rule.
+    written before eval_items.jsonl existed are left to the seed-range rule. Two rows of the
+    same trained models (one model under two decodings) are not tested on a metric the
+    decoding does not change: their values are the same numbers, tied by the seed-range rule.
     """
     records: list[dict[str, Any]] = []
+    models = [frozenset(trained_model(str(m["dir"])) for m in group["members"]) for group in groups]
     for metric in metrics:
         runs = {
             position: [m["items"][metric] for m in group["members"]]
             for position, group in enumerate(groups)
             if group["status"] == "ok" and all(metric in m.get("items", {}) for m in group["members"])
         }
-        pairs = list(itertools.combinations(sorted(runs), 2))
+        pairs = [
+            (a, b)
+            for a, b in itertools.combinations(sorted(runs), 2)
+            if decoding_dependent(metric) or models[a] != models[b]
+        ]
         for (a, b), result in bootstrap_pairs(runs, pairs).items():
             record = {
                 "metric": metric, "a": labels[a], "b": labels[b], "a_row": a, "b_row": b,

@@ -13,8 +13,9 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 # Before `datasets`, `transformers` or `wandb` are imported by any test module: they read
 # these at import time. No test needs the network; `datasets` keeps its cache in a temp dir.
@@ -263,6 +264,49 @@ def run_cli(
     return subprocess.run(
         [*head, *command[1:]], capture_output=True, text=True, env=full_env, timeout=timeout
     )
+
+
+def run_cli_together(
+    *commands: list[str], cache_dir: Path, env: dict[str, str] | None = None, timeout: int = 300
+) -> list[subprocess.CompletedProcess]:
+    """``run_cli`` of independent commands (no one reads what another writes) at the same time,
+    their results in order. Most of a test-sized command's time is one core importing torch,
+    Lightning and transformers: the CI machine's second core takes the next command meanwhile."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda command: run_cli(command, cache_dir, env, timeout), commands))
+
+
+class CommandRun(NamedTuple):
+    """A run trained through ``pretrainlab-train``: its folder and the finished process."""
+
+    folder: Path
+    result: subprocess.CompletedProcess
+
+    def copy_to(self, path: Path) -> Path:
+        """A copy of the run folder at `path`, for a test that changes what it holds."""
+        shutil.copytree(self.folder, path, symlinks=True)
+        return path
+
+
+# prefix: every part of the end-of-run evaluation applies; generation shorter than the default 48
+# tokens (most of the evaluation's time), and than the [gMASK] spans the run trains.
+COMMAND_RUN_OVERRIDES = ("objective=prefix", "decoding.max_new_tokens=16")
+
+
+@pytest.fixture(scope="session")
+def command_run(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path, cache_dir: Path) -> CommandRun:
+    """One test-sized ``pretrainlab-train`` run (``cli_args`` + ``COMMAND_RUN_OVERRIDES``), trained
+    once per session for the tests that need a folder the command itself wrote (``.hydra/``,
+    metrics.json with every evaluation); each of them paid a training subprocess of its own
+    before. Read-only: a test that changes it works on a copy (``copy_to``).
+    """
+    folder = tmp_path_factory.mktemp("command-run") / "run"
+    result = run_cli(
+        ["pretrainlab-train", *cli_args(tiny_corpus), *COMMAND_RUN_OVERRIDES, f"hydra.run.dir={folder}"],
+        cache_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return CommandRun(folder, result)
 
 
 def wandb_records(log: Path) -> list[Any]:

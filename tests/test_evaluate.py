@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conftest import cli_args, run_cli, run_train
+from conftest import COMMAND_RUN_OVERRIDES, run_cli_together, run_train
 from pretrainlab.config import ConfigError
 from pretrainlab.validation import validate
 
@@ -49,24 +49,34 @@ def test_evaluation_items_do_not_depend_on_the_training_seed(trained_run):
 
 
 @pytest.mark.slow
-def test_eval_command_recomputes_the_same_numbers_and_merges_them(tiny_corpus, cache_dir, tmp_path):
-    run = tmp_path / "run"  # trained through the command, which saves .hydra/config.yaml
-    trained = run_cli(
-        ["pretrainlab-train", *cli_args(tiny_corpus), "objective=prefix", f"hydra.run.dir={run}"], cache_dir
-    )
-    assert trained.returncode == 0, trained.stderr[-2000:]
+def test_eval_command_recomputes_the_same_numbers_and_merges_them(command_run, cache_dir, tmp_path):
+    # Trained through the command (which saves .hydra/config.yaml) with objective=prefix, every
+    # evaluation part on: the session's run, copied, as an evaluation merges into its metrics.json.
+    assert "objective=prefix" in COMMAND_RUN_OVERRIDES
+    run = command_run.copy_to(tmp_path / "run")
+    other = command_run.copy_to(tmp_path / "other")
     before = json.loads((run / "metrics.json").read_text())
-    result = run_cli(["pretrainlab-eval", str(run)], cache_dir)
+    # Three independent commands (each on its own copy, or refused before reading one) at once:
+    # the same evaluation again; changed evaluation settings (generation off too: it is most of
+    # an evaluation's time); a setting that is not the evaluation's.
+    result, changed, bad = run_cli_together(
+        ["pretrainlab-eval", str(run)],
+        [
+            "pretrainlab-eval",
+            str(other),
+            "evaluation.probe=false",
+            "evaluation.cloze_ks=[1]",
+            "evaluation.generation=false",
+        ],
+        ["pretrainlab-eval", str(other), "trainer.max_steps=3"],
+        cache_dir=cache_dir,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     after = json.loads((run / "metrics.json").read_text())
     evaluated = [k for k in before if k.startswith(("cloze/", "continuation/", "probe/", "gen/"))]
     assert evaluated and all(after[k] == before[k] for k in evaluated)  # deterministic
     assert after["val/loss"] == before["val/loss"]  # training metrics are kept
-    changed = run_cli(
-        ["pretrainlab-eval", str(run), "evaluation.probe=false", "evaluation.cloze_ks=[1]"], cache_dir
-    )
     assert changed.returncode == 0, changed.stderr[-2000:]
-    bad = run_cli(["pretrainlab-eval", str(run), "trainer.max_steps=3"], cache_dir)
     assert bad.returncode != 0 and "trainer.max_steps" in bad.stderr
     shutil.rmtree(run)
 

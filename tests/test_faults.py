@@ -118,6 +118,8 @@ def _killer_args(corpus: Path) -> list[str]:
         *cli_args(corpus),
         "trainer.max_steps=6",
         "trainer.val_check_interval=2",
+        # No end-of-run evaluation: the checks read checkpoints, the export and metrics["steps"].
+        *(f"evaluation.{part}=false" for part in ("cloze", "continuation", "probe", "generation")),
         "+callbacks.killer._target_=kill_during_save.KillDuringSave",
     ]
 

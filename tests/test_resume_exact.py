@@ -206,7 +206,15 @@ def test_sigterm_saves_the_current_step_and_a_resume_finishes_the_run(tiny_corpu
     from conftest import cli_args
 
     run = tmp_path / "run"
-    steps = 160  # long enough that the signal lands mid-training on a fast machine too
+    # Long enough that the signal lands mid-training on a machine ~20x faster than this 2-core one,
+    # short because every step is paid twice more (the resumed run, the reproduction). Here a step
+    # (tiny model, last.ckpt every other step) takes ~15 ms and the run stops after step 3: the
+    # signal follows the first checkpoint (step 2) within one 2 ms poll and the step in progress
+    # finishes. 20x faster, a step is ~0.75 ms: a poll (plus the signal's delivery, ~1 ms) is ~4
+    # steps, so the run stops by step ~7; even a 10 ms poll would be ~17. 48 steps leave 40 more
+    # (~30 ms there, 15 polls). `stopped_at < steps` below fails if the signal ever lands late.
+    # (It was 160. A signal during a save, the race this test once hit, is tested in-process.)
+    steps = 48
     args = [
         *cli_args(tiny_corpus),
         "objective=causal",
@@ -223,7 +231,7 @@ def test_sigterm_saves_the_current_step_and_a_resume_finishes_the_run(tiny_corpu
     deadline = time.monotonic() + 300
     while not (run / "checkpoints" / "last.ckpt").exists() and proc.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.01)
+        time.sleep(0.002)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]

@@ -83,7 +83,8 @@ def test_two_runs_started_together_keep_apart(tiny_corpus: Path, cache_dir: Path
         "WANDB_MODE": "offline",
         "PYTHONWARNINGS": "ignore",
     }
-    args = [*cli_args(tiny_corpus), "trainer.max_steps=1", "evaluation.probe=false"]
+    evaluation_off = (f"evaluation.{part}=false" for part in ("probe", "cloze", "continuation", "generation"))
+    args = [*cli_args(tiny_corpus), "trainer.max_steps=1", *evaluation_off]
     procs = [
         subprocess.Popen(
             [*exe, *args, f"objective={o}"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -11,13 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import cli_args, run_cli, wandb_records
+from conftest import cli_args, run_cli, run_cli_together, wandb_records
 from hydra_plugins.pretrainlab_sweeper.pretrainlab_sweeper import plan_jobs
 from pretrainlab.reproduce import compare_metrics
 
 TESTS = Path(__file__).parent
 CAUSAL_IGNORES = ("objective.mask_probability",)
 MASKED_IGNORES = ("decoding",)
+# End-of-run evaluation parts a test does not read: each costs seconds per run.
+NOT_GENERATION = ("evaluation.cloze=false", "evaluation.continuation=false", "evaluation.probe=false")
 
 
 def test_plan_skips_combinations_that_differ_only_in_ignored_settings():
@@ -49,12 +52,14 @@ def test_plan_skips_combinations_that_differ_only_in_ignored_settings():
 def test_sweep_runs_each_meaningful_combination_once_and_survives_a_failure(tiny_corpus, cache_dir, tmp_path):
     sweep = tmp_path / "sweep"
     # prefix + beam search is refused (GLM decoding has no beam search): those jobs fail, the
-    # others go on.
+    # others go on. The plan, the job folders and the report are checked, no evaluation numbers:
+    # generation alone stays on (the folded causal job evaluates a second decoding).
     result = run_cli(
         [
             "pretrainlab-train",
             "-m",
             *cli_args(tiny_corpus),
+            *NOT_GENERATION,
             "objective=causal,prefix",
             "objective.mask_probability=0.15,0.3",
             "decoding=greedy,beam",
@@ -115,6 +120,8 @@ def test_wandb_offline_runs_carry_group_job_type_name_and_samples_table(tiny_cor
             "-m",
             *[a for a in cli_args(tiny_corpus) if a != "logger=none"],
             "logger=wandb",
+            *NOT_GENERATION,  # generation fills the samples table; the other parts go unread
+            "decoding.max_new_tokens=16",
             "objective=causal",
             f"hydra.sweep.dir={sweep}",
         ],
@@ -194,23 +201,22 @@ def test_a_rerun_records_the_original_overrides_and_goes_where_compare_does_not_
 
 
 @pytest.mark.slow
-def test_reproduce_check_passes_on_a_run_and_fails_on_tampered_metrics(tiny_corpus, cache_dir, tmp_path):
-    run = tmp_path / "run"
-    assert (
-        run_cli(["pretrainlab-train", *cli_args(tiny_corpus), f"hydra.run.dir={run}"], cache_dir).returncode
-        == 0
-    )
-    again = run_cli(
-        ["pretrainlab-reproduce", str(run), "--check", "--out", str(tmp_path / "again")], cache_dir
+def test_reproduce_check_passes_on_a_run_and_fails_on_tampered_metrics(command_run, cache_dir, tmp_path):
+    # A run the command trained (every evaluation part on, so the check compares those numbers
+    # too): the session's, in two copies, one with a tampered metrics.json. The two checks are
+    # independent (own folders, the data cache already written), so they run at the same time.
+    run = command_run.copy_to(tmp_path / "run")
+    forged = command_run.copy_to(tmp_path / "forged")
+    metrics = json.loads((forged / "metrics.json").read_text())
+    metrics["val/loss"] += 1e-3
+    (forged / "metrics.json").write_text(json.dumps(metrics))
+    again, tampered = run_cli_together(
+        ["pretrainlab-reproduce", str(run), "--check", "--out", str(tmp_path / "again")],
+        ["pretrainlab-reproduce", str(forged), "--check", "--out", str(tmp_path / "third")],
+        cache_dir=cache_dir,
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "check passed" in again.stdout
-    metrics = json.loads((run / "metrics.json").read_text())
-    metrics["val/loss"] += 1e-3
-    (run / "metrics.json").write_text(json.dumps(metrics))
-    tampered = run_cli(
-        ["pretrainlab-reproduce", str(run), "--check", "--out", str(tmp_path / "third")], cache_dir
-    )
     assert tampered.returncode == 1
     assert "val/loss" in tampered.stderr
 
@@ -223,20 +229,31 @@ def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(tiny_corpus
         "model.dropout=0.1",  # the global RNG (dropout) must be restored too
         "trainer.max_steps=8",
         "trainer.val_check_interval=2",
+        "decoding.max_new_tokens=16",  # samples.jsonl still compared; the default 48 cost seconds a run
         "+callbacks.killer._target_=kill_at_step.KillAtStep",
     ]
     env = {"PYTHONPATH": str(TESTS)}
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert run_cli(["pretrainlab-train", *args, f"hydra.run.dir={full}"], cache_dir, env).returncode == 0
     killed = run_cli(
         ["pretrainlab-train", *args, f"hydra.run.dir={cut}"], cache_dir, {**env, "KILL_AT_STEP": "5"}
     )
     assert killed.returncode == -signal.SIGKILL
     assert not (cut / "metrics.json").exists() and (cut / "checkpoints" / "last.ckpt").exists()
 
-    changed = run_cli(["pretrainlab-train", *args, "trainer.max_steps=9", f"resume={cut}"], cache_dir, env)
+    killed_copy = tmp_path / "cut-copy"
+    shutil.copytree(cut, killed_copy)
+    # The uninterrupted run, the resumption and a resumption with a changed setting (of a copy of
+    # the killed run: the resumption rewrites its folder) are independent (own folders; the killed
+    # run wrote the data cache they read): they run at the same time.
+    uninterrupted, resumed, changed = run_cli_together(
+        ["pretrainlab-train", *args, f"hydra.run.dir={full}"],
+        ["pretrainlab-train", *args, f"resume={cut}"],
+        ["pretrainlab-train", *args, "trainer.max_steps=9", f"resume={killed_copy}"],
+        cache_dir=cache_dir,
+        env=env,
+    )
     assert changed.returncode != 0 and "trainer.max_steps" in changed.stderr.strip().splitlines()[-1]
-    resumed = run_cli(["pretrainlab-train", *args, f"resume={cut}"], cache_dir, env)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     a = json.loads((full / "metrics.json").read_text())

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, pipeline
 
-from conftest import cli_args, run_cli
+from conftest import COMMAND_RUN_OVERRIDES, CommandRun, cli_args, run_cli
 
 ComposeCfg = Callable[..., DictConfig]
 TrainedRun = Callable[..., Path]
@@ -149,17 +149,21 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 
 @pytest.mark.slow
-def test_cli_runs_once_and_refuses_to_overwrite(tiny_corpus: Path, cache_dir: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    first = cli(run_dir, tiny_corpus, cache_dir)
+def test_cli_runs_once_and_refuses_to_overwrite(
+    command_run: CommandRun, tiny_corpus: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    # The first run is the session's `command_run` (the command, test-sized): a copy of its folder
+    # is the folder the second run is pointed at.
+    first = command_run.result
     assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = command_run.copy_to(tmp_path / "run")
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert (run_dir / "hf" / "config.json").is_file()
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["steps"] == 2
     before = snapshot(run_dir)
 
-    second = cli(run_dir, tiny_corpus, cache_dir)
+    second = cli(run_dir, tiny_corpus, cache_dir, *COMMAND_RUN_OVERRIDES)  # the first run's command
     assert second.returncode != 0
     lines = [line for line in second.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, second.stderr

@@ -41,10 +41,12 @@ class CausalLM(PretrainingObjective):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         chunk = self.settings.get("loss_chunk_tokens")
-        scaled = [
-            k for k in ("final_logit_softcapping", "logit_scale") if getattr(self.model.config, k, None)
-        ]
-        if chunk and (not isinstance(self.model.get_output_embeddings(), torch.nn.Linear) or scaled):
+        if not chunk:
+            return
+        config = getattr(self.model, "config", None)
+        scaled = [k for k in ("final_logit_softcapping", "logit_scale") if getattr(config, k, None)]
+        head = getattr(self.model, "get_output_embeddings", lambda: None)()
+        if not isinstance(head, torch.nn.Linear) or scaled:
             raise ConfigError(  # before training: the loss would skip what the model does to its logits
                 f"objective.loss_chunk_tokens={chunk}: {type(self.model).__name__} does not end in a plain "
                 "linear output layer" + (f" ({', '.join(scaled)})" if scaled else "") + "; set it to null"

@@ -451,7 +451,7 @@ class PretrainDataModule(pl.LightningDataModule):
         """Every shard's stream position (of all processes) for the checkpoint; empty otherwise.
 
         Lightning asks every process for it when saving, so each sends the positions of its own
-        shards (it also holds the others' as they were loaded, now stale) and rank 0 writes all.
+        shards (the only ones it trains and keeps) and rank 0 writes them all.
         """
         if not self.streaming:
             return {}
